@@ -1,0 +1,283 @@
+"""Benchmark of scan decoding and of the ingest pipeline at the Kermany dataset's scale.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_ingest.py                # decode speed, 2,000 scans
+    .venv/bin/python benchmarks/bench_ingest.py --full-scale   # + ingest of a Kermany-sized tree
+
+Part 1 writes ``--n`` Kermany-sized phantom JPEGs (3/4 512x496, 1/4 768x496) and times,
+in the same run, a naive decode (full-size decode, ``convert("L")``, Lanczos resize) against
+``oct_vae.imaging.load_scan`` (DCT-scaled JPEG decode, then Lanczos) on one core, then
+``oct_vae.imaging.decode_scans`` over 1..all cores. Part 2 (``--full-scale``) builds a
+folder shaped like OCT2017 (26,565 unique normal scans; 37,455 CNV, 11,598 DME and 8,866
+DRUSEN files, hard links to a few hundred distinct images) and runs the ingest pipeline on
+it in a child process, reporting its wall time and peak RSS. To keep the set-up short,
+``--bases`` distinct B-scans are rendered with ``oct_vae.phantom.scan_image`` and every file
+is a randomly shifted, brightness-jittered copy of one, re-encoded (so each file is unique).
+
+Prints a table and writes JSON to ``benchmarks/out/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from oct_vae.imaging import decode_scans, load_scan, resolve_workers
+from oct_vae.phantom import CLASSES, PhantomConfig, scan_image
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+# OCT2017 (Kermany et al. 2018): files per class, train + test.
+KERMANY_COUNTS = {"NORMAL": 26_565, "CNV": 37_455, "DME": 11_598, "DRUSEN": 8_866}
+
+
+def render_bases(n: int, label: str, workers: int) -> list[np.ndarray]:
+    """``n`` distinct phantom B-scans of one class (about a quarter of them 768 wide)."""
+    config = PhantomConfig(seed=7)
+    tasks = [(config, label, 1_000_000 + i, 1 + i % 3) for i in range(n)]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_render, tasks, chunksize=8))
+
+
+def _render(task: tuple[PhantomConfig, str, int, int]) -> np.ndarray:
+    return scan_image(*task)
+
+
+def write_variants(task: tuple[list[np.ndarray], list[str], int]) -> int:
+    """Write one JPEG per path: a random base, rolled sideways and brightness-jittered."""
+    bases, paths, seed = task
+    rng = np.random.default_rng(seed)
+    for path in paths:
+        base = bases[int(rng.integers(len(bases)))]
+        shifted = np.roll(base, int(rng.integers(-40, 40)), axis=1).astype(np.int16)
+        image = np.clip(shifted + int(rng.integers(-6, 7)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=92)
+        Path(path).write_bytes(buf.getvalue())
+    return len(paths)
+
+
+def write_scans(paths: list[str], bases: list[np.ndarray], workers: int) -> None:
+    for path in paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    chunks = [(bases, paths[i : i + 500], i) for i in range(0, len(paths), 500)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(write_variants, chunks))
+
+
+def naive_decode(path: str, size: int = 128) -> np.ndarray:
+    """What one would write first: decode everything at full size, then resize."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L").resize((size, size), Image.Resampling.LANCZOS))
+
+
+def time_single_core(paths: list[str]) -> dict[str, float]:
+    for path in paths[:50]:  # warm up caches and lazy imports
+        naive_decode(path), load_scan(path)
+    t0 = time.perf_counter()
+    naive = [naive_decode(p) for p in paths]
+    t1 = time.perf_counter()
+    ours = [load_scan(p) for p in paths]
+    t2 = time.perf_counter()
+    diff = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(naive, ours)])
+    return {
+        "naive_images_per_s": len(paths) / (t1 - t0),
+        "ours_images_per_s": len(paths) / (t2 - t1),
+        "mean_abs_diff_naive_vs_ours_gray_levels": float(diff),
+    }
+
+
+def time_scaling(paths: list[str], max_workers: int) -> list[dict[str, float]]:
+    rows = []
+    for workers in range(1, max_workers + 1):
+        t0 = time.perf_counter()
+        _, results = decode_scans(paths, workers=workers, progress=False)
+        seconds = time.perf_counter() - t0
+        assert not any(r.reason for r in results)
+        rate = len(paths) / seconds
+        rows.append({"workers": workers, "images_per_s": rate, "per_core": rate / workers})
+    return rows
+
+
+def build_kermany_tree(root: Path, bases: dict[str, list[np.ndarray]], workers: int) -> int:
+    """OCT2017/{train,test}/<CLASS>/: unique normals, diseased files hard-linked to a pool."""
+    rng = np.random.default_rng(0)
+    normals = []
+    patient = 1_000_000
+    while len(normals) < KERMANY_COUNTS["NORMAL"]:
+        patient += 1
+        for n in range(1, int(rng.integers(1, 13)) + 1):
+            split = "test" if len(normals) < 250 else "train"
+            normals.append(str(root / "OCT2017" / split / "NORMAL" / f"NORMAL-{patient}-{n}.jpeg"))
+    write_scans(normals[: KERMANY_COUNTS["NORMAL"]], bases["NORMAL"], workers)
+    for label in CLASSES[1:]:
+        pool_dir = root / "pool" / label
+        pool = [str(pool_dir / f"{i}.jpeg") for i in range(400)]
+        write_scans(pool, bases[label], workers)
+        folder = root / "OCT2017" / "train" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        written = 0
+        while written < KERMANY_COUNTS[label]:
+            patient += 1
+            for n in range(1, int(rng.integers(1, 13)) + 1):
+                os.link(pool[written % len(pool)], folder / f"{label}-{patient}-{n}.jpeg")
+                written += 1
+    shutil.rmtree(root / "pool")  # the links keep the files
+    return sum(1 for _ in root.rglob("*.jpeg"))
+
+
+def run_ingest_child(raw_dir: str, out_dir: str) -> None:
+    """Run the ingest pipeline (paper sizes, all cores) and print timing and memory as JSON."""
+    from kedro.io import DataCatalog
+    from kedro.runner import SequentialRunner
+    from kedro_datasets.pandas import CSVDataset
+
+    from oct_vae.datasets import NpyDataset, ScanFolderDataset
+    from oct_vae.pipelines.ingest import create_pipeline
+
+    out = Path(out_dir)
+    catalog = DataCatalog(
+        {
+            "raw_scans": ScanFolderDataset(raw_dir),
+            "oct_manifest": CSVDataset(filepath=str(out / "oct_manifest.csv")),
+            "rejected_files": CSVDataset(filepath=str(out / "rejected_files.csv")),
+            **{
+                f"{s}_images": NpyDataset(str(out / f"{s}_images.npy"))
+                for s in ("train", "val", "test")
+            },
+        }
+    )
+    params = {
+        "ingest.image_size": 128,
+        "ingest.val_fraction": 0.05,
+        "ingest.test_normals": 200,
+        "ingest.test_per_disease": 100,
+        "ingest.max_train_normals": None,
+        "ingest.max_image_pixels": 40_000_000,
+        "ingest.workers": 0,
+        "seed": 2024,
+    }
+    for key, value in params.items():
+        catalog[f"params:{key}"] = value
+    t0 = time.perf_counter()
+    SequentialRunner().run(create_pipeline(), catalog)
+    seconds = time.perf_counter() - t0
+    sizes = {
+        s: int(np.load(out / f"{s}_images.npy", mmap_mode="r").shape[0])
+        for s in ("train", "val", "test")
+    }
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "seconds": seconds,
+                "split_sizes": sizes,
+                "peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_largest_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                / 1024,
+            }
+        )
+    )
+
+
+def full_scale(workdir: Path, n_bases: int, workers: int) -> dict:
+    root = workdir / "kermany_like"
+    if root.exists():
+        shutil.rmtree(root)
+    t0 = time.perf_counter()
+    bases = {label: render_bases(n_bases, label, workers) for label in CLASSES}
+    n_files = build_kermany_tree(root, bases, workers)
+    setup = time.perf_counter() - t0
+    out = workdir / "ingest_out"
+    out.mkdir(exist_ok=True)
+    child = subprocess.run(
+        [sys.executable, __file__, "--ingest-child", str(root), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(x for x in child.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    n_decoded = sum(result["split_sizes"].values())
+    return {"n_files": n_files, "setup_seconds": setup, **result, "images_in_splits": n_decoded}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="scans for the decode benchmark")
+    parser.add_argument("--bases", type=int, default=192, help="distinct rendered B-scans")
+    parser.add_argument(
+        "--full-scale", action="store_true", help="also ingest a Kermany-sized tree"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: tmp)")
+    parser.add_argument("--ingest-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.ingest_child:
+        run_ingest_child(*args.ingest_child)
+        return
+
+    cores = resolve_workers(0)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_ingest_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        bases = render_bases(min(args.bases, args.n), "NORMAL", cores)
+        paths = [str(workdir / "decode" / "NORMAL" / f"NORMAL-{i}-1.jpeg") for i in range(args.n)]
+        write_scans(paths, bases, cores)
+        report = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
+            "n_images": args.n,
+            "single_core": time_single_core(paths),
+            "scaling": time_scaling(paths, cores),
+        }
+        if args.full_scale:
+            report["full_scale"] = full_scale(workdir, args.bases, cores)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    single = report["single_core"]
+    print(f"\nIngest benchmark, {report['machine']}, {args.n} Kermany-sized phantom JPEGs")
+    print(f"  naive full decode + resize : {single['naive_images_per_s']:8.0f} images/s (1 core)")
+    print(f"  load_scan (draft + resize) : {single['ours_images_per_s']:8.0f} images/s (1 core)")
+    print(
+        f"  mean |naive - ours|        : {single['mean_abs_diff_naive_vs_ours_gray_levels']:8.2f} gray levels"
+    )
+    print("  workers  images/s  per core  efficiency")
+    base = report["scaling"][0]["images_per_s"]
+    for row in report["scaling"]:
+        eff = row["images_per_s"] / (base * row["workers"])
+        print(
+            f"  {row['workers']:7d}  {row['images_per_s']:8.0f}  {row['per_core']:8.0f}  {eff:9.0%}"
+        )
+    if "full_scale" in report:
+        fs = report["full_scale"]
+        print(
+            f"  full scale: {fs['n_files']} files, ingest {fs['seconds']:.0f} s, splits "
+            f"{fs['split_sizes']}, peak RSS main {fs['peak_rss_main_mb']:.0f} MB, "
+            f"largest worker {fs['peak_rss_largest_worker_mb']:.0f} MB"
+        )
+    OUT_DIR.mkdir(exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = OUT_DIR / f"ingest-{stamp}.json"
+    target.write_text(json.dumps(report, indent=2))
+    print(f"  written to {target}")
+
+
+if __name__ == "__main__":
+    main()

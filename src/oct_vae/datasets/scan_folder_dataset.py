@@ -1,0 +1,111 @@
+"""``ScanFolderDataset``: a folder of scan files, listed; optionally a phantom made on first use."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from kedro.io.core import AbstractDataset, DatasetError
+
+from oct_vae.imaging import resolve_workers
+from oct_vae.phantom import PhantomConfig, generate_phantom
+
+PHANTOM_MANIFEST = "phantom.json"
+
+MISSING_DATASET = (
+    "No scans found at {path}. Download OCT2017 (Kermany, Zhang, Goldbaum 2018) from "
+    "Mendeley Data, doi:10.17632/rscbjbr9sj (or Kaggle 'kermany2018'), and unpack it to "
+    "{path}, or pass --params raw_dir=<folder> with --env kermany."
+)
+
+
+class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
+    """Lists the files under a folder; read-only.
+
+    With ``phantom`` set, the synthetic OCT phantom described by those
+    ``oct_vae.phantom.PhantomConfig`` fields is generated into the folder first (once:
+    an identical existing phantom is reused). Without it the folder must hold the real
+    dataset.
+
+    Example:
+        ```yaml
+        raw_scans:
+          type: oct_vae.datasets.ScanFolderDataset
+          path: data/01_raw/phantom
+          phantom: {n_normal_patients: 450, seed: 2024}
+        ```
+    """
+
+    def __init__(
+        self,
+        path: str,
+        phantom: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._path = Path(path)
+        self._phantom = dict(phantom) if phantom is not None else None
+        self.metadata = metadata
+
+    def load(self) -> pd.DataFrame:
+        """Generate the phantom if configured, then list the folder.
+
+        Returns:
+            One row per regular file (column ``path``, posix, sorted), hidden files and
+            ``phantom.json`` excluded.
+
+        Raises:
+            DatasetError: No phantom is configured and the folder is missing or empty.
+        """
+        if self._phantom is not None:
+            generate_phantom(self._path, self._phantom_config(), workers=resolve_workers(0))
+        paths = list_files(self._path) if self._path.is_dir() else []
+        if not paths:
+            raise DatasetError(MISSING_DATASET.format(path=self._path.as_posix()))
+        return pd.DataFrame({"path": paths})
+
+    def save(self, data: pd.DataFrame) -> None:
+        """Refuse: the raw scans are read-only."""
+        raise DatasetError(f"ScanFolderDataset({self._path.as_posix()}) is read-only")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir() and any(True for _ in _iter_files(self._path))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path.as_posix(), "phantom": self._phantom}
+
+    def _phantom_config(self) -> PhantomConfig:
+        fields = {f.name: f for f in dataclasses.fields(PhantomConfig)}
+        unknown = set(self._phantom) - set(fields)  # type: ignore[arg-type]
+        if unknown:
+            raise DatasetError(
+                f"unknown phantom option(s) {sorted(unknown)}; known: {sorted(fields)}"
+            )
+        defaults = PhantomConfig()
+        # YAML gives lists where the config holds tuples.
+        kwargs = {
+            key: tuple(value)
+            if isinstance(value, list) and isinstance(getattr(defaults, key), tuple)
+            else value
+            for key, value in self._phantom.items()  # type: ignore[union-attr]
+        }
+        return PhantomConfig(**kwargs)
+
+
+def list_files(root: Path) -> list[str]:
+    """Posix paths of the regular files under ``root``, sorted; hidden ones excluded."""
+    return sorted(Path(p).as_posix() for p in _iter_files(root))
+
+
+def _iter_files(root: Path) -> Iterator[str]:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") or (name == PHANTOM_MANIFEST and Path(folder) == root):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                yield path

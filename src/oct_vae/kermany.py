@@ -1,0 +1,285 @@
+"""The Kermany OCT dataset's file names, folder layout and our patient-disjoint split.
+
+Files are named ``<CLASS>-<patient id>-<n>.jpeg`` and sit in a folder named after their
+class, at any depth: ``OCT2017/{train,test}/<CLASS>/``, ``CellData/OCT/{train,test}/<CLASS>/``
+and the Kaggle copy's ``{train,val,test}/<CLASS>/`` all work. The dataset's own
+sub-splits are pooled; :func:`split_scans` draws our own split, whole patients at a time.
+
+This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+
+CLASSES = ("NORMAL", "CNV", "DME", "DRUSEN")
+DISEASES = CLASSES[1:]
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+_NAME = re.compile(
+    r"^(?P<label>[A-Z]+)-(?P<patient>[0-9A-Za-z]+)-(?P<number>\d+)\.(?:jpe?g|png)$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One scan file: where it is, its class and its patient."""
+
+    path: str
+    label: str
+    patient_id: str
+    number: int
+
+
+def parse_scan_name(name: str) -> tuple[str, str, int]:
+    """Parse ``<CLASS>-<patient id>-<n>.<jpeg|jpg|png>`` (extension case-insensitive).
+
+    Args:
+        name: A file name (not a path).
+
+    Returns:
+        The class (upper case), the patient id (a string: leading zeros are kept) and n.
+
+    Raises:
+        ValueError: The name does not follow the pattern or names an unknown class.
+    """
+    match = _NAME.match(name)
+    if match is None:
+        raise ValueError(f"unparseable file name {name!r}: expected <CLASS>-<patient>-<n>.jpeg")
+    label = match["label"].upper()
+    if label not in CLASSES:
+        raise ValueError(f"unknown class {match['label']!r} in file name {name!r}")
+    return label, match["patient"], int(match["number"])
+
+
+def index_scans(paths: Iterable[str]) -> tuple[list[Scan], list[tuple[str, str]]]:
+    """Turn file paths into scans; everything else becomes a (path, reason) rejection.
+
+    A file is a scan when its extension is an image one, its name parses, its parent
+    folder is a class name (any case) and agrees with the class in the name. A second
+    file with the same name (the Kaggle copy nests the dataset twice) is rejected as a
+    duplicate of the first in path order.
+
+    Args:
+        paths: File paths, in any order.
+
+    Returns:
+        The scans sorted by path, and the rejected files with the reason.
+    """
+    scans: list[Scan] = []
+    rejected: list[tuple[str, str]] = []
+    first_seen: dict[str, str] = {}
+    for path in sorted(paths):
+        pure = PurePath(path)
+        folder = pure.parent.name
+        if pure.suffix.lower() not in IMAGE_EXTENSIONS:
+            rejected.append((path, f"not an image file name (extension {pure.suffix!r})"))
+            continue
+        if folder.upper() not in CLASSES:
+            rejected.append((path, f"unknown class folder {folder!r}"))
+            continue
+        try:
+            label, patient, number = parse_scan_name(pure.name)
+        except ValueError as exc:
+            rejected.append((path, str(exc)))
+            continue
+        if label != folder.upper():
+            rejected.append((path, f"file name says {label} but it is in folder {folder!r}"))
+            continue
+        key = pure.name.lower()
+        if key in first_seen:
+            rejected.append((path, f"duplicate file name of {first_seen[key]}"))
+            continue
+        first_seen[key] = path
+        scans.append(Scan(path, label, patient, number))
+    return scans, rejected
+
+
+def patient_order(patients: Iterable[str], seed: int) -> list[str]:
+    """Patients in a seeded pseudo-random order.
+
+    The order comes from hashing ``seed`` with each patient id, so a patient's place does
+    not depend on which other patients are present: dropping a patient whose scans all
+    failed to decode leaves everyone else's draw unchanged.
+    """
+    return sorted(set(patients), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).digest())
+
+
+def candidates(scans: Sequence[Scan], label: str, seed: int) -> list[int]:
+    """Indices of ``label``'s scans in draw order: patient by patient, then by scan number."""
+    by_patient = _by_patient(scans, label)
+    return [i for p in patient_order(by_patient, seed) for i in by_patient[p]]
+
+
+def split_scans(
+    scans: Sequence[Scan],
+    val_fraction: float,
+    test_normals: int,
+    test_per_disease: int,
+    max_train_normals: int | None,
+    seed: int,
+) -> dict[str, list[int]]:
+    """Split scans patient-disjointly into training and validation normals and a test set.
+
+    The test set takes ``test_per_disease`` scans of each disease and ``test_normals``
+    normals, drawing patients in :func:`patient_order` and taking all their scans until
+    the count is reached; the last patient drawn is truncated. Truncating keeps the
+    paper's exact test composition (200 + 3 x 100) while every patient still belongs to
+    one split: the truncated patient's other scans are left out, not moved to training.
+    Any patient with a test scan (of any class) is excluded from training and validation.
+    Validation takes whole normal patients, in order, while that brings its scan count
+    closer to ``val_fraction`` of the training + validation normals; training gets the
+    remaining patients, capped at ``max_train_normals`` scans. Diseased scans are only
+    ever test scans.
+
+    Args:
+        scans: Decodable scans.
+        val_fraction: Fraction of training + validation normals held out for validation.
+        test_normals: Normal scans in the test set.
+        test_per_disease: Scans of each disease in the test set.
+        max_train_normals: Cap on training scans (None = no cap).
+        seed: Seed of the patient draw.
+
+    Returns:
+        Indices into ``scans`` for ``train``, ``val`` and ``test``, each sorted by path.
+
+    Raises:
+        ValueError: Too few scans or patients for the requested sizes; the message says
+            which parameter to lower.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"ingest.val_fraction must be in [0, 1), got {val_fraction}")
+    check_enough_scans(scans, test_normals, test_per_disease)
+    test: list[int] = []
+    test_patients: set[str] = set()
+    for label in DISEASES + ("NORMAL",):
+        quota = test_normals if label == "NORMAL" else test_per_disease
+        taken = candidates(scans, label, seed)[:quota]
+        test += taken
+        test_patients |= {scans[i].patient_id for i in taken}
+
+    pool = _by_patient(scans, "NORMAL")
+    order = [p for p in patient_order(pool, seed) if p not in test_patients]
+    n_pool = sum(len(pool[p]) for p in order)
+    if max_train_normals is not None:
+        n_pool = min(n_pool, math.ceil(max_train_normals / (1.0 - val_fraction)))
+    val_patients = _choose_val_patients(order, pool, round(val_fraction * n_pool))
+    if val_fraction > 0 and not val_patients and order:
+        val_patients = [order[0]]
+    val = [i for p in val_patients for i in pool[p]]
+    train = [i for p in order if p not in set(val_patients) for i in pool[p]]
+    train = train[:max_train_normals] if max_train_normals is not None else train
+    if not train or (val_fraction > 0 and not val):
+        left = len(order)
+        raise ValueError(
+            f"only {left} normal patient(s) remain after the test set, too few for training"
+            f"{' and validation' if val_fraction > 0 else ''}: lower --params "
+            f"ingest.test_normals={test_normals} (or ingest.val_fraction), or add normal scans"
+        )
+    splits = {
+        name: sorted(idx, key=lambda i: scans[i].path)
+        for name, idx in (("train", train), ("val", val), ("test", test))
+    }
+    check_patient_disjoint({k: [scans[i].patient_id for i in v] for k, v in splits.items()})
+    return splits
+
+
+def check_enough_scans(scans: Sequence[Scan], test_normals: int, test_per_disease: int) -> None:
+    """Fail with advice when a class has too few scans for the requested test set.
+
+    Normals need the test quota plus at least two more scans (training and validation).
+
+    Raises:
+        ValueError: Naming the class, the counts and the parameter to lower.
+    """
+    counts = {label: 0 for label in CLASSES}
+    for scan in scans:
+        counts[scan.label] += 1
+    for label in DISEASES:
+        if counts[label] < test_per_disease:
+            raise ValueError(
+                f"only {counts[label]} usable {label} scan(s), but the test set needs "
+                f"{test_per_disease} of each disease: lower --params "
+                f"ingest.test_per_disease={counts[label]} or add {label} scans"
+            )
+    if counts["NORMAL"] < test_normals + 2:
+        raise ValueError(
+            f"only {counts['NORMAL']} usable NORMAL scan(s), but the test set needs "
+            f"{test_normals} plus at least 2 for training and validation: lower --params "
+            f"ingest.test_normals={max(counts['NORMAL'] - 2, 0)} or add normal scans"
+        )
+
+
+def check_patient_disjoint(patients_by_split: Mapping[str, Iterable[str]]) -> None:
+    """Fail loudly when a patient appears in more than one split.
+
+    Raises:
+        ValueError: Listing (up to ten of) the shared patients.
+    """
+    seen: dict[str, str] = {}
+    shared: set[str] = set()
+    for split, patients in patients_by_split.items():
+        for patient in set(patients):
+            if patient in seen and seen[patient] != split:
+                shared.add(f"{patient} ({seen[patient]}, {split})")
+            seen.setdefault(patient, split)
+    if shared:
+        raise ValueError(f"patients in two splits (leakage): {', '.join(sorted(shared)[:10])}")
+
+
+def find_test_duplicates(
+    splits: Mapping[str, Sequence[int]], hashes: Sequence[str]
+) -> dict[int, list[int]]:
+    """Training/validation scans whose pixels are identical to a test scan's.
+
+    Args:
+        splits: Indices per split, as returned by :func:`split_scans`.
+        hashes: Content hash of every scan (see ``oct_vae.imaging.content_hash``).
+
+    Returns:
+        For each test index with duplicates, the training/validation indices sharing its hash.
+    """
+    test_by_hash: dict[str, int] = {}
+    for i in splits["test"]:
+        test_by_hash.setdefault(hashes[i], i)
+    duplicates: dict[int, list[int]] = defaultdict(list)
+    for split in ("train", "val"):
+        for i in splits[split]:
+            if hashes[i] in test_by_hash:
+                duplicates[test_by_hash[hashes[i]]].append(i)
+    return dict(duplicates)
+
+
+def _by_patient(scans: Sequence[Scan], label: str) -> dict[str, list[int]]:
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for i, scan in enumerate(scans):
+        if scan.label == label:
+            by_patient[scan.patient_id].append(i)
+    return {
+        p: sorted(idx, key=lambda i: (scans[i].number, scans[i].path))
+        for p, idx in by_patient.items()
+    }
+
+
+def _choose_val_patients(
+    order: Sequence[str], pool: Mapping[str, Sequence[int]], target: int
+) -> list[str]:
+    """Whole patients, in order, each added only if it brings the total closer to target."""
+    chosen: list[str] = []
+    total = 0
+    for patient in order[:-1]:  # the last patient always stays for training
+        n = len(pool[patient])
+        if abs(total + n - target) < abs(total - target):
+            chosen.append(patient)
+            total += n
+        if total >= target:
+            break
+    return chosen

@@ -1,0 +1,646 @@
+"""Synthetic retinal OCT phantom in the layout and naming of the Kermany (2018) dataset.
+
+A fresh clone has no real data (it is a manual download), so the pipeline runs on this phantom:
+layered retinas with a foveal pit on a curved, tilted band, a textured choroid, speckle, vessel
+shadows and the white registration wedges of real Spectralis exports, written as
+``<root>/{train,test}/<CLASS>/<CLASS>-<patient>-<n>.jpeg`` (8-bit grayscale, 512x496 or 768x496).
+Diseases (CNV, DME, DRUSEN) are local lesions whose size and contrast scale with ``severity``;
+anatomy, gain and artefacts vary more between patients than lesions change global statistics,
+so disease is visible in local structure only, as on real scans.
+
+Only numpy, Pillow and the standard library are used. Every scan has its own random stream
+derived from ``(seed, patient id, scan index)``, so output bytes do not depend on generation
+order or on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("NORMAL", "CNV", "DME", "DRUSEN")
+FORMAT_VERSION = 1
+META_NAME = "phantom.json"
+_PARTIAL_NAME = ".phantom-partial.json"
+REF_HEIGHT = 496  # all vertical sizes below are pixels at this height
+_DS = 4  # smooth fields are rendered at width // _DS columns and upsampled
+
+# Retina from the inner limiting membrane (ILM) down to Bruch's membrane, top to bottom:
+# name, thickness (px), reflectivity (display units before gain), foveal thinning (share of
+# the thickness removed at the pit centre; negative: thicker at the fovea, as the ONL/Henle
+# layer is). SRF, SHRM (CNV) and SUB (drusen) have zero thickness in a healthy eye.
+_LAYERS = (
+    ("NFL", 9.0, 105.0, 1.15),  # nerve fibre layer (thickness also grows nasally)
+    ("GCL", 10.0, 74.0, 1.15),  # ganglion cell layer
+    ("IPL", 8.0, 82.0, 1.1),  # inner plexiform
+    ("INL", 8.0, 50.0, 1.0),  # inner nuclear
+    ("OPL", 6.0, 76.0, 0.8),  # outer plexiform
+    ("ONL", 17.0, 44.0, -0.3),  # outer nuclear + Henle fibres
+    ("ELM", 1.5, 75.0, 0.0),  # external limiting membrane
+    ("MZ", 3.0, 48.0, 0.0),  # myoid zone
+    ("EZ", 4.0, 185.0, 0.0),  # ellipsoid zone
+    ("IZ", 3.0, 115.0, 0.0),  # outer segments / interdigitation
+    ("SRF", 0.0, 12.0, 0.0),  # subretinal fluid
+    ("SHRM", 0.0, 190.0, 0.0),  # subretinal hyperreflective material (CNV)
+    ("RPE", 8.0, 225.0, 0.0),  # retinal pigment epithelium
+    ("SUB", 0.0, 100.0, 0.0),  # sub-RPE deposit (drusen), ends on Bruch's membrane
+)
+_L = {name: i for i, (name, *_rest) in enumerate(_LAYERS)}
+_THICK = np.array([t for _, t, _, _ in _LAYERS], dtype=np.float32)
+_REFL = np.array([r for _, _, r, _ in _LAYERS], dtype=np.float32)
+_FOVEA = np.array([f for _, _, _, f in _LAYERS], dtype=np.float32)
+_CHOROID_REFL = 105.0
+_DEPTH_DECAY = 80.0  # px, e-folding of the signal below Bruch's membrane
+_DEEP_FLOOR = 9.0
+_FLUID = 12.0
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Parameters of a phantom dataset (stored in ``phantom.json``)."""
+
+    n_normal_patients: int = 450
+    n_patients_per_disease: int = 60
+    scans_per_patient: tuple[int, int] = (2, 8)
+    wide_fraction: float = 0.25
+    severity: float = 1.0
+    cnv_lesions: tuple[int, int] = (1, 2)
+    dme_cysts: tuple[int, int] = (3, 8)
+    drusen_count: tuple[int, int] = (3, 7)
+    test_fraction: float = 0.1
+    jpeg_quality: int = 92
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One synthetic patient's eye; lengths are px at 496 rows, x positions are width fractions."""
+
+    bruch_y: float  # Bruch's membrane row under the fovea, as a fraction of the height
+    tilt: float  # rise of the band from the left to the right edge (px)
+    sag: float  # edges minus centre (px); positive: bowl-shaped band
+    wobble: tuple[float, ...]  # amplitudes of 1-3 cycles/width undulations (px)
+    wobble_phase: tuple[float, ...]
+    fovea_x: float
+    pit_width: float  # Gaussian sigma of the foveal pit (width fraction)
+    pit_depth: float  # share of the inner layers removed at the pit centre
+    thickness: float  # retina thickness multiplier
+    layer_scale: tuple[float, ...]  # per-layer thickness multipliers
+    reflectivity: tuple[float, ...]  # per-layer reflectivity multipliers
+    nasal_side: float  # +1: nasal (thick NFL) side on the right
+    choroid: float  # choroid thickness (px)
+    gain: float  # display gain
+    vitreous: float  # vitreous noise-floor level
+    vessels: tuple[float, ...]  # x of the large retinal vessels
+    lesion_seed: int  # patient-level lesion layout (same lesions in all of its scans)
+
+
+def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+    """Draw one patient's anatomy.
+
+    Args:
+        rng: Random generator (consumed).
+
+    Returns:
+        The patient's anatomy.
+    """
+    n_layers = len(_LAYERS)
+    fovea_x = float(rng.uniform(0.38, 0.62))
+    n_vessels = int(rng.integers(3, 8))
+    vessels = rng.uniform(0.03, 0.97, size=n_vessels)
+    vessels = vessels[np.abs(vessels - fovea_x) > 0.08]
+    return Anatomy(
+        bruch_y=float(rng.uniform(0.40, 0.68)),
+        tilt=float(np.clip(rng.normal(0.0, 30.0), -75.0, 75.0)),
+        sag=float(rng.uniform(-15.0, 80.0)),
+        wobble=tuple(float(v) for v in rng.normal(0.0, 3.0, size=2) * (1.0, 0.5)),
+        wobble_phase=tuple(float(v) for v in rng.uniform(0.0, 2 * np.pi, size=2)),
+        fovea_x=fovea_x,
+        pit_width=float(rng.uniform(0.038, 0.075)),
+        pit_depth=float(rng.uniform(0.75, 1.0)),
+        thickness=float(rng.uniform(0.8, 1.22)),
+        layer_scale=tuple(float(v) for v in rng.uniform(0.85, 1.15, size=n_layers)),
+        reflectivity=tuple(float(v) for v in np.exp(rng.normal(0.0, 0.08, size=n_layers))),
+        nasal_side=float(rng.choice((-1.0, 1.0))),
+        choroid=float(rng.uniform(35.0, 85.0)),
+        gain=float(np.exp(rng.normal(0.0, 0.2))),
+        vitreous=float(rng.uniform(20.0, 32.0)),
+        vessels=tuple(float(v) for v in np.sort(vessels)),
+        lesion_seed=int(rng.integers(0, 2**31 - 1)),
+    )
+
+
+@dataclass
+class _Scene:
+    """Low-resolution geometry and clean intensities of one B-scan before noise."""
+
+    s: np.ndarray  # (wl,) column centres as width fractions
+    y: np.ndarray  # (h, 1) row centres
+    hs: float  # height / REF_HEIGHT
+    fovea: float
+    bruch: np.ndarray  # (wl,)
+    thick: np.ndarray  # (n_layers, wl) px
+    refl: np.ndarray  # (n_layers, wl)
+    choroid: np.ndarray  # (wl,) px
+    shadow: np.ndarray  # (wl,) multiplier below Bruch's membrane
+    ellipses: list[tuple[float, float, float, float, str, float]]  # x, layer-or-y, rx, ry, kind, value
+    bounds: np.ndarray | None = None  # (n_layers + 2, wl): ILM .. Bruch, choroid bottom
+
+
+@lru_cache(maxsize=16)
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix resampling a length-n_in signal with a smooth (Gaussian) kernel."""
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    w = np.exp(-0.5 * ((x[:, None] - np.arange(n_in)[None, :]) / 0.6) ** 2)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _resample(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Smoothly resample a small 2-D array to (h, w)."""
+    return _interp_matrix(h, a.shape[0]) @ a @ _interp_matrix(w, a.shape[1]).T
+
+
+def _upsample4(a: np.ndarray) -> np.ndarray:
+    """Linear 4x upsampling along the columns (pixel-centre aligned, edges clamped)."""
+    p = np.concatenate([a[:, :1], a, a[:, -1:]], axis=1)
+    left, mid, right = p[:, :-2], p[:, 1:-1], p[:, 2:]
+    out = np.empty((a.shape[0], a.shape[1], 4), np.float32)
+    out[:, :, 0] = 0.375 * left + 0.625 * mid
+    out[:, :, 1] = 0.125 * left + 0.875 * mid
+    out[:, :, 2] = 0.875 * mid + 0.125 * right
+    out[:, :, 3] = 0.625 * mid + 0.375 * right
+    return out.reshape(a.shape[0], -1)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, width: float) -> np.ndarray:
+    """1-D noise in [-1, 1]-ish, smoothed with a Gaussian of ``width`` samples."""
+    k = max(1, int(3 * width))
+    x = np.arange(-k, k + 1, dtype=np.float32)
+    ker = np.exp(-0.5 * (x / max(width, 1e-3)) ** 2)
+    ker /= np.sqrt((ker**2).sum())
+    return np.convolve(rng.standard_normal(n + 2 * k).astype(np.float32), ker, "valid")
+
+
+def _dome(s: np.ndarray, c: float, r: float, p: float = 0.6) -> np.ndarray:
+    return np.clip(1.0 - ((s - c) / r) ** 2, 0.0, 1.0) ** p
+
+
+def _base_scene(anatomy: Anatomy, rng: np.random.Generator, wl: int, height: int) -> _Scene:
+    """Healthy geometry of one B-scan: the patient's anatomy plus scan-to-scan jitter."""
+    hs = height / REF_HEIGHT
+    s = (np.arange(wl, dtype=np.float32) + 0.5) / wl
+    dy, dtilt = rng.normal(0.0, 6.0), rng.normal(0.0, 5.0)
+    fovea = anatomy.fovea_x + rng.normal(0.0, 0.015)
+    pit = anatomy.pit_depth * rng.uniform(0.65, 1.0)  # B-scan slightly off the foveal centre
+    u = s - 0.5
+    shape = (anatomy.tilt + dtilt) * u + -anatomy.sag * 4.0 * u**2
+    for k, (a, ph) in enumerate(zip(anatomy.wobble, anatomy.wobble_phase, strict=True)):
+        shape = shape + a * np.sin(2 * np.pi * (k + 1) * s + ph)
+    bruch = anatomy.bruch_y * height + (shape + dy) * hs
+
+    thick = (_THICK * np.asarray(anatomy.layer_scale, np.float32) * anatomy.thickness)[:, None]
+    thick = np.repeat(thick, wl, axis=1)
+    d = s - fovea
+    pitp = np.exp(-0.5 * (d / anatomy.pit_width) ** 2)
+    thick *= np.clip(1.0 - _FOVEA[:, None] * pit * pitp[None, :], 0.02, None)
+    # NFL thickens towards the optic disc (nasal); GCL peaks on the parafoveal rim.
+    nasal = 1.0 / (1.0 + np.exp(-anatomy.nasal_side * d / 0.1))
+    thick[_L["NFL"]] *= 0.45 + 1.3 * nasal
+    ring = np.exp(-0.5 * ((np.abs(d) - 2.3 * anatomy.pit_width) / (1.4 * anatomy.pit_width)) ** 2)
+    thick[_L["GCL"]] *= 1.0 + 0.5 * ring
+    thick *= hs
+    refl = np.repeat((_REFL * np.asarray(anatomy.reflectivity, np.float32))[:, None], wl, axis=1)
+    choroid = np.full(wl, anatomy.choroid * hs, np.float32)
+    return _Scene(s, np.arange(height, dtype=np.float32)[:, None], hs, float(fovea),
+                  bruch.astype(np.float32), thick.astype(np.float32), refl, choroid,
+                  np.ones(wl, np.float32), [])
+
+
+def _add_cnv(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
+             cfg: PhantomConfig) -> None:
+    """Choroidal neovascularisation: irregular hyperreflective mound with subretinal fluid."""
+    sev, hs, s = cfg.severity, sc.hs, sc.s
+    n = int(pat.integers(cfg.cnv_lesions[0], cfg.cnv_lesions[1] + 1))
+    for i in range(n):
+        main = i == 0
+        c = sc.fovea + (pat.normal(0.0, 0.05) if main else pat.choice((-1, 1)) * pat.uniform(0.12, 0.3))
+        r = (pat.uniform(0.08, 0.16) if main else pat.uniform(0.04, 0.07)) * np.sqrt(sev)
+        h = (pat.uniform(24.0, 46.0) if main else pat.uniform(12.0, 24.0)) * sev * hs
+        fluid = pat.random() < (0.9 if main else 0.5)
+        fr, fh, fo = pat.uniform(1.1, 1.7), pat.uniform(9.0, 20.0), pat.uniform(-0.9, 0.9)
+        size = rng.uniform(0.75, 1.1)
+        c += rng.normal(0.0, 0.01)
+        env = _dome(s, c, r * size, 0.7)
+        rough = np.clip(1.0 + 0.2 * _smooth_noise(rng, len(s), 1.2 * len(s) / 128)
+                        + 0.25 * _smooth_noise(rng, len(s), 4.0 * len(s) / 128), 0.4, 1.6)
+        sc.thick[_L["SHRM"]] += h * size * env * rough
+        # the retina drapes smoothly over the irregular top of the material
+        sc.thick[_L["ONL"]] += 0.5 * h * size * env * np.clip(1.4 - rough, 0.0, None)
+        sc.refl[_L["SHRM"]] = np.where(env > 0, rng.uniform(150.0, 215.0)
+                                       * np.clip(1 + 0.2 * _smooth_noise(rng, len(s), 1.0), 0.6, 1.4),
+                                       sc.refl[_L["SHRM"]])
+        sc.refl[_L["RPE"]] *= 1.0 - 0.45 * env  # disrupted RPE under the lesion
+        sc.refl[_L["EZ"]] *= 1.0 - 0.6 * _dome(s, c, r * size * 1.3, 0.5)
+        sc.thick[_L["ONL"]] += 0.25 * h * size * _dome(s, c, r * 1.6, 1.0)  # overlying oedema
+        sc.shadow *= 1.0 - 0.55 * _dome(s, c, r * size, 0.5)  # choroid masked by the lesion
+        if fluid:
+            sc.thick[_L["SRF"]] += fh * sev * hs * size * _dome(s, c + fo * r, r * fr, 0.5)
+        if main and rng.random() < 0.4:  # intraretinal cysts over the lesion
+            for _ in range(int(rng.integers(1, 3))):
+                sc.ellipses.append((c + rng.normal(0.0, r * 0.5), _L["ONL"], rng.uniform(0.01, 0.02),
+                                    rng.uniform(4.0, 8.0) * sev * hs, "cyst", _FLUID))
+
+
+def _add_dme(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
+             cfg: PhantomConfig) -> None:
+    """Diabetic macular oedema: thickened retina, flattened pit, dark intraretinal cysts."""
+    sev, hs, s = cfg.severity, sc.hs, sc.s
+    c = sc.fovea + pat.normal(0.0, 0.03)
+    w = pat.uniform(0.1, 0.2)
+    amount = pat.uniform(0.5, 0.9) * sev * rng.uniform(0.8, 1.1)
+    env = np.exp(-0.5 * ((s - c) / w) ** 2)
+    for name in ("INL", "OPL", "ONL"):
+        sc.thick[_L[name]] *= 1.0 + amount * env
+    # flatten the pit: restore part of the removed inner layers
+    flat = min(1.0, pat.uniform(0.4, 0.8) * sev)
+    pitp = np.exp(-0.5 * ((s - sc.fovea) / 0.06) ** 2)
+    for name in ("GCL", "IPL", "INL"):
+        sc.thick[_L[name]] += flat * pitp * _THICK[_L[name]] * 0.6 * hs
+    n = int(pat.integers(cfg.dme_cysts[0], cfg.dme_cysts[1] + 1))
+    for _ in range(n):
+        x = c + pat.normal(0.0, 0.08) + rng.normal(0.0, 0.008)
+        onl = pat.random() < 0.6
+        rx = pat.uniform(0.012, 0.035) * np.sqrt(sev) * rng.uniform(0.7, 1.1)
+        ry = (pat.uniform(9.0, 22.0) if onl else pat.uniform(5.0, 11.0)) * sev * hs
+        ry *= rng.uniform(0.7, 1.1)
+        if rng.random() < 0.1:
+            continue  # this B-scan misses the cyst
+        sc.ellipses.append((x, _L["ONL" if onl else "INL"], rx, ry, "cyst", rng.uniform(8.0, 16.0)))
+    if pat.random() < 0.5:  # hard exudates in the outer plexiform layer
+        for _ in range(int(pat.integers(2, 6))):
+            sc.ellipses.append((c + pat.normal(0.0, 0.1), _L["OPL"], 0.006, 2.5 * hs, "dot",
+                                rng.uniform(170.0, 230.0)))
+    if pat.random() < 0.25:  # small serous detachment under the fovea
+        sc.thick[_L["SRF"]] += pat.uniform(6.0, 14.0) * sev * hs * _dome(s, sc.fovea, 0.06, 0.5)
+
+
+def _add_drusen(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
+                cfg: PhantomConfig) -> None:
+    """Drusen: small dome-shaped RPE elevations over medium-reflective deposits."""
+    sev, hs, s = cfg.severity, sc.hs, sc.s
+    n = int(pat.integers(cfg.drusen_count[0], cfg.drusen_count[1] + 1))
+    total = np.zeros_like(s)
+    for _ in range(n):
+        c = sc.fovea + pat.uniform(-0.28, 0.28) + rng.normal(0.0, 0.006)
+        r = pat.uniform(0.018, 0.04) * np.sqrt(sev)
+        h = pat.uniform(7.0, 16.0) * sev * hs * rng.uniform(0.7, 1.1)
+        total = np.maximum(total, h * _dome(s, c, r, 0.6))
+    sc.thick[_L["SUB"]] += total
+    sc.refl[_L["SUB"]] = rng.uniform(85.0, 115.0)
+    rel = total / max(float(total.max()), 1e-6)
+    sc.thick[_L["ONL"]] = np.maximum(sc.thick[_L["ONL"]] - 0.45 * total, 3.0 * hs)
+    sc.refl[_L["EZ"]] *= 1.0 - 0.35 * rel
+
+
+_LESIONS = {"CNV": _add_cnv, "DME": _add_dme, "DRUSEN": _add_drusen}
+
+
+def _clean_image(sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> np.ndarray:
+    """Rasterise the layered scene to (height, wl) intensities before gain and noise."""
+    h, wl = sc.y.shape[0], sc.s.shape[0]
+    n_layers = sc.thick.shape[0]
+    top = sc.bruch[None, :] - np.cumsum(sc.thick[::-1], axis=0)[::-1]  # top of each layer
+    bounds = np.concatenate([top, sc.bruch[None, :], (sc.bruch + sc.choroid)[None, :]], axis=0)
+    sc.bounds = bounds
+    # Exact box-filtered rasterisation: per column the profile is piecewise constant, so its
+    # integral F(y) is piecewise linear with knots at the boundaries and pixel i's mean
+    # intensity is F(i + 1/2) - F(i - 1/2). Columns are laid end to end with an offset so one
+    # np.interp call handles all of them.
+    lo, hi = -float(h) - 16.0, 2.0 * h + 16.0
+    knots = np.concatenate([np.full((1, wl), lo, np.float32), bounds,
+                            np.full((1, wl), hi, np.float32)], axis=0)
+    knots = np.maximum.accumulate(knots, axis=0)
+    vals = np.concatenate([np.full((1, wl), anatomy.vitreous, np.float32), sc.refl,
+                           np.full((2, wl), _CHOROID_REFL, np.float32)], axis=0)
+    cum = np.concatenate([np.zeros((1, wl), np.float32),
+                          np.cumsum(vals * np.diff(knots, axis=0), axis=0)], axis=0)
+    off = np.arange(wl, dtype=np.float32) * (4.0 * h)
+    edges = np.arange(h + 1, dtype=np.float32)[:, None] - 0.5 + off[None, :]
+    f = np.interp(edges.T.ravel(), (knots + off[None, :]).T.ravel(), cum.T.ravel())
+    img = np.diff(f.reshape(wl, h + 1), axis=1).T.astype(np.float32)
+
+    y = sc.y
+    for x, where, rx, ry, kind, value in sc.ellipses:
+        j = int(np.clip(round(x * wl - 0.5), 0, wl - 1))
+        yc = 0.5 * (bounds[int(where), j] + bounds[int(where) + 1, j])
+        r0, r1 = max(int(yc - ry - 2), 0), min(int(yc + ry + 3), h)
+        c0, c1 = max(int((x - rx) * wl - 2), 0), min(int((x + rx) * wl + 3), wl)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        t = np.sqrt(((sc.s[c0:c1][None, :] - x) / rx) ** 2 + ((y[r0:r1] - yc) / ry) ** 2)
+        m = np.clip((1.0 - t) * ry, 0.0, 1.0)  # ~1 px soft edge
+        img[r0:r1, c0:c1] += m * (value - img[r0:r1, c0:c1])
+
+    # Below Bruch's membrane: choroidal vessel lumens, vertical streaks and lesion shadows, a
+    # softer sclera below the choroid, then exponential attenuation with depth.
+    hs = sc.hs
+    depth = y - sc.bruch[None, :]
+    small = tex.random((max(4, h // 16), max(6, wl // 4)), dtype=np.float32)
+    blobs = _resample(small, h, wl)
+    ramp = np.clip((depth - 5.0 * hs) / (12.0 * hs), 0.0, 1.0)
+    lumen = np.clip((0.52 - blobs) * 5.0, 0.0, 1.0) * ramp
+    sclera = np.clip((depth - sc.choroid[None, :]) / (25.0 * hs) + 0.5, 0.0, 1.0)
+    streak = 1.0 + 0.14 * np.clip(_smooth_noise(tex, wl, 0.7), -2.0, 2.0)
+    below = (1.0 - 0.65 * lumen * (1.0 - 0.6 * sclera)) * (1.0 - 0.45 * sclera)
+    below *= (streak * sc.shadow)[None, :]
+    att = np.exp(-np.clip(depth, 0.0, None) / (_DEPTH_DECAY * hs))
+    img = np.where(depth > 0, _DEEP_FLOOR + (img * below - _DEEP_FLOOR) * att, img)
+    vshade = np.ones(wl, np.float32)
+    jitter = tex.normal(0.0, 0.01)
+    for v in anatomy.vessels:
+        vshade *= 1.0 - 0.3 * np.exp(-0.5 * ((sc.s - v - jitter) / 0.004) ** 2)
+    img = np.where(y > bounds[_L["GCL"]][None, :], img * vshade[None, :], img)
+    # axial point-spread function
+    img[1:-1] = 0.25 * img[:-2] + 0.5 * img[1:-1] + 0.25 * img[2:]
+    return img
+
+
+def _noise(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, float]:
+    """Integer speckle field with the 2-3 px grain of real Spectralis scans.
+
+    Uniform bytes filtered with [1, 2, 1] vertically and [1, 3, 1] horizontally (768-wide scans
+    are sampled more coarsely: no horizontal filter); returns the zero-mean field and its std.
+    """
+    wide = width > 600
+    u = rng.integers(0, 256, size=(height + 2, width + 2), dtype=np.uint8).astype(np.int16)
+    zv = u[:-2] + 2 * u[1:-1] + u[2:]
+    if wide:
+        return zv[:, 1:-1] - 510, float(np.sqrt(6.0 * (256**2 - 1) / 12.0))
+    z = zv[:, :-2] + 3 * zv[:, 1:-1] + zv[:, 2:]
+    z -= 2550
+    return z, float(np.sqrt(66.0 * (256**2 - 1) / 12.0))
+
+
+def render_bscan(label: str, anatomy: Anatomy, rng: np.random.Generator, width: int = 512,
+                 height: int = 496, config: PhantomConfig = PhantomConfig()) -> np.ndarray:
+    """Render one B-scan.
+
+    The healthy scene, textures, noise and artefacts use streams drawn from ``rng`` in a fixed
+    order whatever the label, so the same anatomy and seed rendered as NORMAL and as a disease
+    differ only where the lesions are.
+
+    Args:
+        label: One of ``CLASSES``.
+        anatomy: The patient's anatomy (see ``sample_anatomy``).
+        rng: The scan's random generator (consumed).
+        width: Image width in pixels.
+        height: Image height in pixels.
+        config: Lesion counts and severity.
+
+    Returns:
+        uint8 array of shape (height, width).
+    """
+    if label not in CLASSES:
+        raise ValueError(f"unknown label {label!r}; expected one of {CLASSES}")
+    seeds = rng.integers(0, 2**63 - 1, size=5)
+    g_scan, g_lesion, g_tex, g_noise, g_art = (np.random.default_rng(int(x)) for x in seeds)
+    wl = max(16, width // _DS)
+    sc = _base_scene(anatomy, g_scan, wl, height)
+    gain = anatomy.gain * float(np.exp(g_scan.normal(0.0, 0.1)))
+    if label != "NORMAL":
+        pat = np.random.default_rng([anatomy.lesion_seed, CLASSES.index(label)])
+        _LESIONS[label](sc, pat, g_lesion, config)
+    # retinal vessels: small bright cross-sections in the ganglion cell layer
+    for v in anatomy.vessels:
+        sc.ellipses.append((v, _L["GCL"], 0.005, 2.5 * sc.hs, "vessel", 130.0))
+    img = _clean_image(sc, anatomy, g_tex)
+
+    # noise: tissue speckle ~20 % of the signal plus a strong floor noise in the vitreous
+    vit = np.clip(sc.bounds[0][None, :] - sc.y, 0.0, 1.0)
+    sigma = 0.2 * img + (0.2 * anatomy.vitreous * vit + 2.0)
+    if g_art.random() < 0.12:  # posterior hyaloid membrane floating in the vitreous
+        a, b = g_art.uniform(15, 70) * sc.hs, g_art.uniform(-200, 200) * sc.hs
+        c0 = g_art.uniform(-0.2, 0.6)
+        yh = sc.bounds[0] - a - b * (sc.s - c0) ** 2 * (sc.s > c0)
+        band = 60.0 * np.exp(-0.5 * ((sc.y - yh[None, :]) / 1.2) ** 2)
+        img += band * (sc.y < sc.bounds[0][None, :] - 4) * ((sc.s > c0) & (sc.s < c0 + 0.6))
+    z, zstd = _noise(g_noise, height, width)
+    full, sig = _to_width(img * gain, width), _to_width(sigma * (gain / zstd), width)
+    out = sig * z
+    out += full
+    out += 0.5
+    np.clip(out, 0.0, 255.0, out=out)
+    out = out.astype(np.uint8)
+    _registration_artefacts(out, g_art)
+    return out
+
+
+def _to_width(a: np.ndarray, width: int) -> np.ndarray:
+    if a.shape[1] * 4 == width:
+        return _upsample4(a)
+    return a @ _interp_matrix(width, a.shape[1]).T
+
+
+def _registration_artefacts(out: np.ndarray, rng: np.random.Generator) -> None:
+    """White wedges and edge columns left by Spectralis' registration (512-wide scans only)."""
+    height, width = out.shape
+    u, mid, slope = rng.random(), rng.exponential(18.0), rng.uniform(-35.0, 35.0)
+    edge, side, ew = rng.random(), rng.random(), int(rng.integers(1, 3))
+    if width > 600:
+        return
+    mid = min(mid, 75.0) * height / REF_HEIGHT
+    line = mid + slope * (np.arange(width, dtype=np.float32) / width - 0.5)
+    rows = np.arange(height, dtype=np.float32)[:, None]
+    if u < 0.55:
+        out[rows < line[None, :]] = 255
+    elif u < 0.95:
+        out[rows >= height - line[None, :]] = 255
+    if edge < 0.6:
+        if side < 0.5:
+            out[:, :ew] = 255
+        else:
+            out[:, width - ew:] = 255
+
+
+# ----------------------------------------------------------------------------------------
+# dataset generation
+
+
+@dataclass(frozen=True)
+class _Patient:
+    label: str
+    pid: int
+    split: str
+    n_scans: int
+
+
+def _config_dict(config: PhantomConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _patient_rng(seed: int, pid: int, scan: int) -> np.random.Generator:
+    """Random stream of patient ``pid``: scan 0 is the anatomy, scans 1.. the B-scans."""
+    return np.random.default_rng(np.random.SeedSequence([seed, pid, scan]))
+
+
+def _plan(config: PhantomConfig) -> list[_Patient]:
+    counts = [config.n_normal_patients] + [config.n_patients_per_disease] * 3
+    total = sum(counts)
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
+    # 7-digit ids, unique over the whole phantom and unrelated to the class
+    ids = 1_000_000 + rng.choice(9_000_000, size=total, replace=False)
+    patients, k = [], 0
+    lo, hi = config.scans_per_patient
+    for ci, (label, n) in enumerate(zip(CLASSES, counts, strict=True)):
+        n_test = int(round(n * config.test_fraction))
+        srng = np.random.default_rng(np.random.SeedSequence([config.seed, 2, ci]))
+        test = set(srng.choice(n, size=n_test, replace=False).tolist()) if n_test else set()
+        for i in range(n):
+            pid = int(ids[k])
+            k += 1
+            n_scans = int(_patient_rng(config.seed, pid, 0).integers(lo, hi + 1))
+            patients.append(_Patient(label, pid, "test" if i in test else "train", n_scans))
+    return patients
+
+
+def _rel_path(p: _Patient, n: int) -> str:
+    return f"{p.split}/{p.label}/{p.label}-{p.pid}-{n}.jpeg"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def scan_image(config: PhantomConfig, label: str, pid: int, n: int) -> np.ndarray:
+    """Render scan ``n`` (1-based) of patient ``pid`` exactly as ``generate_phantom`` writes it."""
+    prng = _patient_rng(config.seed, pid, 0)
+    prng.integers(config.scans_per_patient[0], config.scans_per_patient[1] + 1)
+    anatomy = sample_anatomy(prng)
+    rng = _patient_rng(config.seed, pid, n)
+    width = 768 if rng.random() < config.wide_fraction else 512
+    return render_bscan(label, anatomy, rng, width, REF_HEIGHT, config)
+
+
+def _write_patient(args: tuple[str, PhantomConfig, _Patient, bool]) -> int:
+    root, config, p, skip_existing = args
+    prng = _patient_rng(config.seed, p.pid, 0)
+    prng.integers(config.scans_per_patient[0], config.scans_per_patient[1] + 1)
+    anatomy = sample_anatomy(prng)
+    written = 0
+    for n in range(1, p.n_scans + 1):
+        path = Path(root) / _rel_path(p, n)
+        if skip_existing and path.exists():
+            continue
+        rng = _patient_rng(config.seed, p.pid, n)
+        width = 768 if rng.random() < config.wide_fraction else 512
+        img = render_bscan(p.label, anatomy, rng, width, REF_HEIGHT, config)
+        buf = io.BytesIO()
+        Image.fromarray(img, "L").save(buf, "JPEG", quality=config.jpeg_quality)
+        _write_atomic(path, buf.getvalue())
+        written += 1
+    return written
+
+
+def _has_images(root: Path) -> bool:
+    return any(any((root / split).rglob("*.jpeg")) for split in ("train", "test")
+               if (root / split).is_dir())
+
+
+def _mismatch(root: Path, stored: dict, config: PhantomConfig) -> ValueError:
+    want = _config_dict(config)
+    diff = {k: (stored.get(k), v) for k, v in want.items() if stored.get(k) != v}
+    return ValueError(
+        f"{root} holds a phantom generated with a different configuration "
+        f"(stored vs requested: {diff}). Delete the folder to regenerate it, or restore the "
+        f"stored phantom configuration; two phantoms are never mixed in one folder.")
+
+
+def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomConfig(),
+                     workers: int = 1) -> dict:
+    """Write the phantom dataset under ``root`` (or reuse it when already complete).
+
+    Args:
+        root: Dataset folder; ``train/`` and ``test/`` are created inside.
+        config: Phantom parameters.
+        workers: Worker processes (1: generate in this process).
+
+    Returns:
+        Summary: counts per class and split, patients per class, n_files, seconds, config,
+        format_version and ``reused`` (True when an existing complete phantom was kept).
+
+    Raises:
+        ValueError: ``root`` holds a phantom with another configuration, or other images.
+    """
+    root = Path(root)
+    meta_path, partial_path = root / META_NAME, root / _PARTIAL_NAME
+    want = _config_dict(config)
+    plan = _plan(config)
+    files = [(p, n) for p in plan for n in range(1, p.n_scans + 1)]
+    resume = False
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("config") != want or meta.get("format_version") != FORMAT_VERSION:
+            raise _mismatch(root, meta.get("config", {}), config)
+        if all((root / _rel_path(p, n)).exists() for p, n in files):
+            return {**meta["summary"], "reused": True}
+        resume = True
+    elif partial_path.exists():
+        meta = json.loads(partial_path.read_text())
+        if meta.get("config") != want or meta.get("format_version") != FORMAT_VERSION:
+            raise _mismatch(root, meta.get("config", {}), config)
+        resume = True  # an interrupted run with this configuration: complete it
+    elif root.exists() and _has_images(root):
+        raise ValueError(f"{root} already holds images but no {META_NAME}: it is not a phantom "
+                         "folder. Choose another folder or delete this one.")
+
+    t0 = time.perf_counter()
+    for p in plan:
+        (root / p.split / p.label).mkdir(parents=True, exist_ok=True)
+    _write_atomic(partial_path, json.dumps({"config": want,
+                                            "format_version": FORMAT_VERSION}).encode())
+    tasks = [(str(root), config, p, resume) for p in plan]
+    if workers <= 1:
+        for t in tasks:
+            _write_patient(t)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+            list(ex.map(_write_patient, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+    seconds = time.perf_counter() - t0
+
+    counts = {c: 0 for c in CLASSES}
+    by_split = {s: {c: 0 for c in CLASSES} for s in ("train", "test")}
+    n_patients = {c: 0 for c in CLASSES}
+    for p in plan:
+        counts[p.label] += p.n_scans
+        by_split[p.split][p.label] += p.n_scans
+        n_patients[p.label] += 1
+    summary = {"counts": counts, "counts_by_split": by_split, "patients": n_patients,
+               "n_files": len(files), "seconds": round(seconds, 3), "config": want,
+               "format_version": FORMAT_VERSION}
+    meta = {"format_version": FORMAT_VERSION, "config": want, "n_files": len(files),
+            "summary": summary}
+    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+    partial_path.unlink(missing_ok=True)
+    return {**summary, "reused": False}
+
+
+def iter_files(root: str | os.PathLike) -> Iterable[Path]:
+    """Yield the phantom's JPEG files under ``root`` in a stable order."""
+    root = Path(root)
+    for split in ("train", "test"):
+        for label in CLASSES:
+            yield from sorted((root / split / label).glob("*.jpeg"))

@@ -1,0 +1,218 @@
+"""Nodes of the ``ingest`` pipeline: thin adapters over ``oct_vae.kermany`` and ``imaging``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pandas as pd
+
+from oct_vae import imaging, kermany
+
+log = logging.getLogger(__name__)
+
+REJECT_COLUMNS = ["path", "reason"]
+MANIFEST_COLUMNS = [
+    "path",
+    "label",
+    "patient_id",
+    "split",
+    "width",
+    "height",
+    "row",
+    "sha1",
+    "duplicate_of",
+]
+# Rejected files logged one by one; the rest are counted in one line.
+_LOGGED_REJECTS = 20
+
+
+def index_scans(raw_scans: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse class and patient from every file name; set aside what is not a scan.
+
+    Args:
+        raw_scans: Column ``path``, one row per file (``ScanFolderDataset``).
+
+    Returns:
+        ``scan_index`` (path, label, patient_id, scan_number) and the rejected files.
+    """
+    scans, rejected = kermany.index_scans(raw_scans["path"].astype(str))
+    _warn_rejects(rejected, "indexing")
+    index = pd.DataFrame(
+        {
+            "path": [s.path for s in scans],
+            "label": [s.label for s in scans],
+            "patient_id": pd.Series([s.patient_id for s in scans], dtype=object),
+            "scan_number": pd.Series([s.number for s in scans], dtype="int64"),
+        }
+    )
+    log.info("indexed %d scans: %s", len(index), index["label"].value_counts().to_dict())
+    return index, _rejects_frame(rejected)
+
+
+def decode_scans(
+    scan_index: pd.DataFrame,
+    test_normals: int,
+    test_per_disease: int,
+    seed: int,
+    image_size: int,
+    max_image_pixels: int,
+    workers: int,
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Decode every normal scan and just enough diseased scans to fill the test quotas.
+
+    Diseased scans are decoded in draw order (``kermany.candidates``) with a margin;
+    when rejects leave a quota short, the next candidates are decoded, until it is full
+    or the class runs out, so decoding failures never shrink the test set.
+
+    Returns:
+        ``decoded_scans`` (the index of the decodable scans plus width, height, sha1 of
+        the decoded pixels and ``pixel_row``), ``scan_pixels`` (N x S x S uint8) and the
+        rejected files.
+    """
+    scans = _to_scans(scan_index)
+    kermany.check_enough_scans(scans, test_normals, test_per_disease)
+    todo = [i for i, s in enumerate(scans) if s.label == "NORMAL"]
+    queues = {label: kermany.candidates(scans, label, seed) for label in kermany.DISEASES}
+    wanted = {label: test_per_disease + max(8, test_per_disease // 10) for label in queues}
+    decoded: dict[int, imaging.DecodeResult] = {}
+    parts: list[np.ndarray] = []
+    while True:
+        for label, queue in queues.items():
+            todo += queue[: wanted[label]]
+            queues[label] = queue[wanted[label] :]
+        pixels, results = imaging.decode_scans(
+            [scans[i].path for i in todo],
+            size=image_size,
+            max_pixels=max_image_pixels,
+            workers=workers,
+        )
+        offset = sum(len(p) for p in parts)
+        parts.append(pixels)
+        for row, (i, result) in enumerate(zip(todo, results, strict=True)):
+            decoded[i] = dataclasses.replace(result, index=row + offset)
+        wanted = _refill(scans, decoded, queues, test_per_disease)
+        if not any(wanted.values()):
+            break
+        todo = []
+
+    valid = sorted((i for i, r in decoded.items() if not r.reason), key=lambda i: scans[i].path)
+    table = scan_index.iloc[valid].reset_index(drop=True)
+    table["width"] = [decoded[i].width for i in valid]
+    table["height"] = [decoded[i].height for i in valid]
+    table["sha1"] = [decoded[i].sha1 for i in valid]
+    table["pixel_row"] = [decoded[i].index for i in valid]
+    rejected = [(scans[i].path, r.reason) for i, r in sorted(decoded.items()) if r.reason]
+    _warn_rejects(rejected, "decoding")
+    all_pixels = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return table, all_pixels, _rejects_frame(rejected)
+
+
+def split_scans(
+    decoded_scans: pd.DataFrame,
+    val_fraction: float,
+    test_normals: int,
+    test_per_disease: int,
+    max_train_normals: int | None,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split patient-disjointly (see ``kermany.split_scans``) and remove test duplicates.
+
+    A training or validation scan whose decoded 128x128 pixels are identical to a test
+    scan's (same SHA-1) is dropped and named in the test row's ``duplicate_of``.
+
+    Returns:
+        ``oct_manifest`` (MANIFEST_COLUMNS, rows grouped by split in train, val, test
+        order; ``row`` indexes the split's image array) and the dropped duplicates.
+    """
+    scans = _to_scans(decoded_scans)
+    splits = kermany.split_scans(
+        scans, val_fraction, test_normals, test_per_disease, max_train_normals, seed
+    )
+    hashes = decoded_scans["sha1"].tolist()
+    duplicates = kermany.find_test_duplicates(splits, hashes)
+    dropped = {i: t for t, copies in duplicates.items() for i in copies}
+    rows = []
+    for split in kermany.SPLITS:
+        kept = [i for i in splits[split] if i not in dropped]
+        for row, i in enumerate(kept):
+            copies = duplicates.get(i, [])
+            rows.append((i, split, row, ";".join(scans[c].path for c in copies)))
+    index, split_col, row_col, dup_col = zip(*rows, strict=True)
+    manifest = decoded_scans.iloc[list(index)].reset_index(drop=True)
+    manifest["split"], manifest["row"], manifest["duplicate_of"] = split_col, row_col, dup_col
+    manifest = manifest[MANIFEST_COLUMNS]
+    kermany.check_patient_disjoint(
+        {s: manifest.loc[manifest["split"] == s, "patient_id"] for s in kermany.SPLITS}
+    )
+    leaks = [
+        (scans[i].path, f"identical pixels to test scan {scans[t].path}; dropped from training")
+        for i, t in sorted(dropped.items())
+    ]
+    _warn_rejects(leaks, "leakage check")
+    summary = manifest.groupby(["split", "label"]).size().to_dict()
+    log.info("split (patient-disjoint): %s", summary)
+    return manifest, _rejects_frame(leaks)
+
+
+def gather_split_images(
+    oct_manifest: pd.DataFrame, decoded_scans: pd.DataFrame, scan_pixels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Copy each split's images, in manifest order, into its own N x S x S uint8 array."""
+    pixel_row = dict(zip(decoded_scans["path"], decoded_scans["pixel_row"], strict=True))
+    arrays = []
+    for split in kermany.SPLITS:
+        paths = oct_manifest.loc[oct_manifest["split"] == split].sort_values("row")["path"]
+        arrays.append(scan_pixels[[pixel_row[p] for p in paths]])
+    return arrays[0], arrays[1], arrays[2]
+
+
+def collect_rejects(
+    index_rejects: pd.DataFrame, decode_rejects: pd.DataFrame, leak_rejects: pd.DataFrame
+) -> pd.DataFrame:
+    """All rejected files with their reason, sorted by path (empty table if none)."""
+    frames = [r for r in (index_rejects, decode_rejects, leak_rejects) if len(r)]
+    if not frames:
+        return _rejects_frame([])
+    return pd.concat(frames, ignore_index=True).sort_values("path", ignore_index=True)
+
+
+def _to_scans(table: pd.DataFrame) -> list[kermany.Scan]:
+    columns = ["path", "label", "patient_id", "scan_number"]
+    return [
+        kermany.Scan(str(path), str(label), str(patient), int(number))
+        for path, label, patient, number in table[columns].itertuples(index=False)
+    ]
+
+
+def _refill(
+    scans: list[kermany.Scan],
+    decoded: dict[int, imaging.DecodeResult],
+    queues: dict[str, list[int]],
+    quota: int,
+) -> dict[str, int]:
+    """How many more candidates of each disease to decode: twice the shortfall plus 8."""
+    valid = dict.fromkeys(queues, 0)
+    for i, result in decoded.items():
+        if not result.reason and scans[i].label in valid:
+            valid[scans[i].label] += 1
+    return {
+        label: 2 * (quota - valid[label]) + 8 if valid[label] < quota and queues[label] else 0
+        for label in queues
+    }
+
+
+def _rejects_frame(rejected: list[tuple[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rejected, columns=REJECT_COLUMNS).astype(object)
+
+
+def _warn_rejects(rejected: list[tuple[str, str]], stage: str) -> None:
+    for path, reason in rejected[:_LOGGED_REJECTS]:
+        log.warning("skipped %s (%s): %s", path, stage, reason)
+    if len(rejected) > _LOGGED_REJECTS:
+        log.warning(
+            "skipped %d more files during %s; all are listed in rejected_files",
+            len(rejected) - _LOGGED_REJECTS,
+            stage,
+        )

@@ -1,0 +1,37 @@
+"""Fixtures shared by the test suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oct_vae.phantom import PhantomConfig, generate_phantom
+
+# A phantom small enough to generate in about two seconds: 24 normal patients (~90 scans)
+# and 6 patients (~20 scans) per disease, enough for a 20/10/10/10 test set.
+TINY_PHANTOM = {
+    "n_normal_patients": 24,
+    "n_patients_per_disease": 6,
+    "scans_per_patient": (2, 5),
+    "seed": 7,
+}
+
+# The real Kermany sample (32 scans, 8 per class), outside the repository.
+KERMANY_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-sample"
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny phantom (``train/`` and ``test/`` class folders); do not modify it."""
+    root = tmp_path_factory.mktemp("tiny_phantom")
+    generate_phantom(root, PhantomConfig(**TINY_PHANTOM), workers=1)
+    return root
+
+
+@pytest.fixture()
+def kermany_sample_dir() -> Path:
+    """The real 32-scan Kermany sample; skips the test when the folder is absent."""
+    if not KERMANY_SAMPLE.is_dir():
+        pytest.skip(f"real Kermany sample not found at {KERMANY_SAMPLE}")
+    return KERMANY_SAMPLE.resolve()
