@@ -28,8 +28,12 @@ def _test_set(n_norm=40, n_dis=20, shift=1.0, seed=0, per_patient=2):
 def test_auc_table_equals_sklearn():
     labels, _, s = _test_set()
     table = auc_table(labels, {"reconstruction": s, "kl": -s})
-    for col, dis in (("CNV", ["CNV"]), ("DME", ["DME"]), ("Drusen", ["DRUSEN"]),
-                     ("All", ["CNV", "DME", "DRUSEN"])):
+    for col, dis in (
+        ("CNV", ["CNV"]),
+        ("DME", ["DME"]),
+        ("Drusen", ["DRUSEN"]),
+        ("All", ["CNV", "DME", "DRUSEN"]),
+    ):
         keep = np.isin(labels, dis + ["NORMAL"])
         expected = roc_auc_score(np.isin(labels[keep], dis), s[keep])
         assert table["Reconstruction"][col] == pytest.approx(expected)

@@ -94,7 +94,9 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     train, val = _data()
     train_vae(train, val, MODEL, _cfg(epochs=1, checkpoint_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="different model or training configuration"):
-        Trainer(train, val, MODEL, _cfg(epochs=2, lr=5e-4, checkpoint_dir=str(tmp_path), resume=True))
+        Trainer(
+            train, val, MODEL, _cfg(epochs=2, lr=5e-4, checkpoint_dir=str(tmp_path), resume=True)
+        )
 
 
 def test_nan_guard_names_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path):

@@ -85,6 +85,22 @@ def resolve_devices(devices: int | str, device: str = "auto") -> int:
     return devices
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradient over ranks, too."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """Batch norm over the global batch of a process group, on any backend (gloo too).
 
@@ -97,13 +113,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xf = x.float()
         count = xf.new_tensor([xf.numel() / c])
         local = torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), count])
-        total = all_reduce(local)
+        total = _AllReduceSum.apply(local)
         n = total[-1].detach()
         mean = total[:c] / n
         var = total[c : 2 * c] / n - mean.square()  # biased, as batch norm normalises

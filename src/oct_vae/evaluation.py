@@ -105,11 +105,14 @@ def patient_level(
     Returns:
         (labels, patient ids, scores) with one entry per patient and label.
     """
-    keys = np.char.add(np.char.add(np.asarray(patients, dtype=str), "|"), np.asarray(labels, dtype=str))
+    keys = np.char.add(
+        np.char.add(np.asarray(patients, dtype=str), "|"), np.asarray(labels, dtype=str)
+    )
     uniq, inverse = np.unique(keys, return_inverse=True)
     counts = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
     out = {
-        k: np.bincount(inverse, weights=np.asarray(v, dtype=np.float64), minlength=len(uniq)) / counts
+        k: np.bincount(inverse, weights=np.asarray(v, dtype=np.float64), minlength=len(uniq))
+        / counts
         for k, v in scores.items()
     }
     first = np.zeros(len(uniq), dtype=np.int64)
@@ -143,10 +146,12 @@ def bootstrap_auc(
         by_label[lab] = [np.flatnonzero((labels == lab) & (patients == p)) for p in pats]
     draws: dict[str, dict[str, list[float]]] = {k: {g: [] for g in groups} for k in scores}
     for _ in range(n_resamples):
-        idx = np.concatenate([
-            np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
-            for rows in by_label.values()
-        ])
+        idx = np.concatenate(
+            [
+                np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+                for rows in by_label.values()
+            ]
+        )
         lab = labels[idx]
         masks = {g: _group_mask(lab, g) for g in groups}
         for name, values in scores.items():
@@ -154,9 +159,7 @@ def bootstrap_auc(
             for g, (keep, pos) in masks.items():
                 draws[name][g].append(rank_auc(pos[keep], v[keep]))
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
-    return {
-        name: {g: _percentiles(draws[name][g], q) for g in groups} for name in scores
-    }
+    return {name: {g: _percentiles(draws[name][g], q) for g in groups} for name in scores}
 
 
 def _percentiles(values: list[float], q: tuple[float, float]) -> tuple[float, float]:

@@ -15,8 +15,9 @@ import hashlib
 import io
 import os
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -225,9 +226,17 @@ def _run_chunks(
     if workers == 1 or len(tasks) <= 1:
         yield from map(_decode_chunk, tasks)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-        # imap-style in order; at most a few chunks in flight per worker.
-        yield from pool.map(_decode_chunk, tasks, chunksize=1)
+    workers = min(workers, len(tasks))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        # In order, with at most 3 chunks per worker in flight, so finished chunks never
+        # pile up in memory when this process falls behind.
+        pending: deque[Future[tuple[list[DecodeResult], np.ndarray]]] = deque()
+        for task in tasks:
+            pending.append(pool.submit(_decode_chunk, task))
+            if len(pending) >= 3 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _decode_chunk(

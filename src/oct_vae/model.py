@@ -149,6 +149,19 @@ class VAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
+    @torch.no_grad()
+    def init_output_bias(self, mean_intensity: float) -> None:
+        """Start the decoder at the data's mean grey level: output bias = logit(mean).
+
+        With Adam at the paper's learning rate (1e-4) each weight moves about 1e-4 per
+        step, so a zero bias (grey 0.5 everywhere) takes thousands of steps to reach the
+        dark OCT background; starting at the mean removes that phase (data-dependent
+        initialisation, as for the output bias of any classifier).
+        """
+        p = min(max(float(mean_intensity), 1e-3), 1 - 1e-3)
+        last = self.decoder.net[-1]
+        last.bias.fill_(float(torch.logit(torch.tensor(p))))
+
     def forward(
         self, x: torch.Tensor, sample: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,7 +1,9 @@
 """Project pipelines."""
 
-from kedro.pipeline import Pipeline
 from kedro.framework.project import find_pipelines
+from kedro.pipeline import Pipeline
+
+from oct_vae.pipelines.inference import bind_to_training
 
 # Order of the default run: each pipeline consumes what the previous one produced.
 DEFAULT_ORDER = ("ingest", "train", "evaluate")
@@ -10,12 +12,20 @@ DEFAULT_ORDER = ("ingest", "train", "evaluate")
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
+    ``__default__`` chains ``ingest``, ``train`` and ``evaluate``; it and ``train`` are
+    bound to the ``inference`` pipeline, so both log the servable MLflow model
+    ``oct_vae_scorer``. ``inference`` itself is not listed: it only runs inside that
+    model. Kedro may load only the requested pipelines, so any of them can be absent.
+
     Returns:
-        A mapping from pipeline names to ``Pipeline`` objects; ``__default__``
-        chains ``ingest``, ``train`` and ``evaluate``.
+        A mapping from pipeline names to ``Pipeline`` objects.
     """
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(
-        (pipelines[name] for name in DEFAULT_ORDER if name in pipelines), Pipeline([])
-    )
+    pipelines.pop("inference", None)
+    default = [pipelines[name] for name in DEFAULT_ORDER if name in pipelines]
+    pipelines["__default__"] = sum(default, Pipeline([]))
+    if len(default) == len(DEFAULT_ORDER):
+        pipelines["__default__"] = bind_to_training(pipelines["__default__"])
+    if "train" in pipelines:
+        pipelines["train"] = bind_to_training(pipelines["train"])
     return pipelines

@@ -55,11 +55,21 @@ def roc_curves(labels: np.ndarray, scores: dict[str, np.ndarray]) -> Figure:
             fpr, tpr, _ = roc_curve(y, v)
             auc = group_auc(labels, values, col)
             dashed = name.startswith("baseline")
-            ax.plot(fpr, tpr, ls="--" if dashed else "-", lw=1.2,
-                    label=f"{ROW_NAMES.get(name, name)} ({auc:.2f})")
+            ax.plot(
+                fpr,
+                tpr,
+                ls="--" if dashed else "-",
+                lw=1.2,
+                label=f"{ROW_NAMES.get(name, name)} ({auc:.2f})",
+            )
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-        ax.set(title=f"{col} vs normal", xlabel="false positive rate", ylabel="true positive rate",
-               xlim=(0, 1), ylim=(0, 1.01))
+        ax.set(
+            title=f"{col} vs normal",
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+        )
         ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return fig
@@ -71,7 +81,7 @@ def score_distributions(labels: np.ndarray, scores: dict[str, np.ndarray]) -> Fi
     cols = 3
     rows = int(np.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.ravel()[len(names):]:
+    for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     for ax, name in zip(axes.ravel(), names):
         values = np.asarray(scores[name], dtype=np.float64)
@@ -83,7 +93,9 @@ def score_distributions(labels: np.ndarray, scores: dict[str, np.ndarray]) -> Fi
         for cls, colour in CLASS_COLOURS.items():
             v = values[(labels == cls) & np.isfinite(values)]
             if v.size:
-                ax.hist(v, bins=bins, histtype="step", lw=1.4, color=colour, label=cls, density=True)
+                ax.hist(
+                    v, bins=bins, histtype="step", lw=1.4, color=colour, label=cls, density=True
+                )
         ax.set_title(ROW_NAMES.get(name, name), fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -99,7 +111,9 @@ def heatmap_figure(image: np.ndarray, recon: np.ndarray, error: np.ndarray, titl
     axes[1].imshow(recon, cmap="gray", vmin=0, vmax=1)
     axes[1].set_title("reconstruction", fontsize=9)
     axes[2].imshow(img, cmap="gray", vmin=0, vmax=1)
-    hm = axes[2].imshow(error, cmap="inferno", alpha=0.6, vmin=0, vmax=max(float(error.max()), 1e-6))
+    hm = axes[2].imshow(
+        error, cmap="inferno", alpha=0.6, vmin=0, vmax=max(float(error.max()), 1e-6)
+    )
     axes[2].set_title("squared error", fontsize=9)
     fig.colorbar(hm, ax=axes[2], fraction=0.046, pad=0.04)
     for ax in axes:

@@ -116,7 +116,9 @@ def score_batch(
     )
 
 
-def iter_batches(images: np.ndarray, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+def iter_batches(
+    images: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
     """uint8 (N, H, W) -> float (B, 1, H, W) batches in [0, 1] on ``device``."""
     for start in range(0, images.shape[0], batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
@@ -149,8 +151,12 @@ def structural_residual(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     out = np.empty(x.shape[0], dtype=np.float64)
     for i in range(x.shape[0]):
         out[i] = 1.0 - structural_similarity(
-            x[i].astype(np.float64), recon[i].astype(np.float64), data_range=1.0,
-            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+            x[i].astype(np.float64),
+            recon[i].astype(np.float64),
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
         )
     return out
 
@@ -255,9 +261,7 @@ def score_images(
             mahalanobis(mu, latent_fit) if latent_fit is not None else np.full(len(mu), np.nan)
         )
         cols["recon_uncertainty"].append(s.pixel_variance.flatten(1).mean(1).cpu().numpy())
-    out = {
-        k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in cols.items()
-    }
+    out = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in cols.items()}
     out["baseline_mean_intensity"] = mean_intensity(images)
     if mean_normal is not None:
         out["baseline_distance_to_mean_normal"] = distance_to_mean_normal(images, mean_normal)
@@ -270,7 +274,10 @@ def encoder_means(
 ) -> np.ndarray:
     """mu(x) of every image, (N, latent_dim)."""
     model = model.to(device).eval()
-    out = [model.encode(x)[0].flatten(1).float().cpu().numpy() for x in iter_batches(images, batch_size, device)]
+    out = [
+        model.encode(x)[0].flatten(1).float().cpu().numpy()
+        for x in iter_batches(images, batch_size, device)
+    ]
     return np.concatenate(out) if out else np.zeros((0, model.config.latent_dim))
 
 

@@ -25,6 +25,7 @@ This module imports only numpy and torch.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import os
@@ -337,16 +338,16 @@ class Trainer:
             step = torch.nn.parallel.DistributedDataParallel(
                 step,
                 device_ids=[self.device.index] if on_cuda else None,
-                broadcast_buffers=False,  # synchronised batch norm keeps them equal
                 gradient_as_bucket_view=True,
+                **_no_buffer_broadcast(),  # synchronised batch norm keeps buffers equal
             )
         self.train_step: torch.nn.Module = step
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.lr, **_adam_kwargs(self.device)
         )
-        self.compiled_step: Callable[..., torch.Tensor] = step
+        self.step_model: Callable[..., torch.Tensor] = step
         if _flag(config.compile, on_cuda):
-            self.compiled_step = _try_compile(step)
+            self.step_model = _try_compile(step)
 
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] | None = None  # {"epoch", "val_total", "state_dict"}
@@ -481,7 +482,7 @@ class Trainer:
             local = slice(rank, None, world)
             x = to_float_batch(self.train_data[order[batch][local]], self.channels_last)
             # The short last batch runs eagerly: a new shape would recompile the graph.
-            step = self.compiled_step if x.shape[0] == full_local else self.train_step
+            step = self.step_model if x.shape[0] == full_local else self.train_step
             terms = step(x, noise[batch][local])
             # This rank's share of the global batch mean, times the number of ranks: DDP's
             # gradient mean over ranks is then the one-process gradient of the global batch.
@@ -611,7 +612,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": int(self.world_size),
             "amp": "bf16" if self.amp else "off",
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # TorchVersion is not weights_only safe
             "train_seconds": float(sum(h["seconds"] for h in self.history)),
         }
         return TrainResult(
@@ -626,6 +627,13 @@ def _resume_key(config: TrainConfig) -> dict[str, Any]:
     # devices may change too, since the global batch (hence the trajectory) does not.
     skip = ("epochs", "resume", "progress", "devices")
     return {k: v for k, v in asdict(config).items() if k not in skip}
+
+
+def _no_buffer_broadcast() -> dict[str, bool]:
+    # torch >= 2.14 renamed DDP's broadcast_buffers to forward_sync_buffers.
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    name = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {name: False}
 
 
 def _adam_kwargs(device: torch.device) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.io import DataCatalog, DatasetError
+from kedro.io import DataCatalog, DatasetError, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import CSVDataset
 from PIL import Image
@@ -45,6 +45,7 @@ def run_ingest(raw: ScanFolderDataset, out: Path, **params: Any) -> dict[str, An
                 load_args={"dtype": {"patient_id": str}, "keep_default_na": False},
             ),
             "rejected_files": CSVDataset(filepath=str(out / "rejected_files.csv")),
+            "scan_pixels": MemoryDataset(copy_mode="assign"),  # as in conf/base/catalog.yml
             **{f"{s}_images": NpyDataset(str(out / f"{s}_images.npy")) for s in kermany.SPLITS},
         }
     )
@@ -286,3 +287,33 @@ def test_ingest_on_the_real_kermany_sample(kermany_sample_dir: Path, tmp_path: P
     assert {(512, 496), (768, 496)} <= set(zip(manifest["width"], manifest["height"], strict=True))
     assert len(manifest[manifest["split"] != "test"]) >= 5  # 8 normals, 7 patients
     assert result["rejected_files"]["path"].str.endswith("README.md").all()
+
+
+@pytest.mark.slow
+def test_kermany_environment_on_the_real_sample(
+    kermany_sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    project = Path(__file__).resolve().parents[2]
+    bootstrap_project(project)
+    # Kedro makes the catalog's relative paths absolute under project_path, and MLflow's
+    # sqlite:///mlflow.db is relative to the working directory: point both at tmp_path.
+    monkeypatch.chdir(tmp_path)
+    runtime_params = {
+        "raw_dir": str(kermany_sample_dir),
+        "ingest": {"test_normals": 2, "test_per_disease": 2, "val_fraction": 0.2, "workers": 2},
+    }
+    with KedroSession.create(
+        tmp_path, env="kermany", runtime_params=runtime_params, conf_source=str(project / "conf")
+    ) as session:
+        session.run(pipeline_names=["ingest"])
+    (manifest_csv,) = (tmp_path / "data" / "03_primary").glob("oct_manifest.csv/*/oct_manifest.csv")
+    manifest = pd.read_csv(manifest_csv, dtype={"patient_id": str}, keep_default_na=False)
+    assert manifest["path"].str.startswith(kermany_sample_dir.as_posix()).all()
+    test = manifest[manifest["split"] == "test"]
+    assert test["label"].value_counts().to_dict() == {"NORMAL": 2, "CNV": 2, "DME": 2, "DRUSEN": 2}
+    assert manifest.groupby("patient_id")["split"].nunique().max() == 1
+    (train,) = (tmp_path / "data" / "05_model_input").glob("train_images.npy/*/train_images.npy")
+    assert np.load(train).shape == ((manifest["split"] == "train").sum(), 128, 128)

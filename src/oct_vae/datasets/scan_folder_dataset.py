@@ -46,7 +46,7 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         phantom: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self._path = Path(path)
+        self._path = Path(path).expanduser()
         self._phantom = dict(phantom) if phantom is not None else None
         self.metadata = metadata
 

@@ -1,8 +1,7 @@
-"""``TorchCheckpointDataset``: a model checkpoint (config + tensors + metadata), never pickled code."""
+"""``TorchCheckpointDataset``: a checkpoint (config, tensors, metadata); never pickled code."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch

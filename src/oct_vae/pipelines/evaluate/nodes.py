@@ -55,7 +55,8 @@ def score_test_set(
     if len(rows) != len(test_images):
         raise ValueError(
             f"oct_manifest lists {len(rows)} test scans but test_images holds "
-            f"{len(test_images)}: they come from different ingest runs. Run `kedro run --pipeline ingest`."
+            f"{len(test_images)}: they come from different ingest runs. "
+            "Run `kedro run --pipeline ingest`."
         )
     detector = AnomalyDetector(vae_model, resolve_device(device))
     scores = detector.score(np.asarray(test_images))
@@ -77,7 +78,10 @@ def build_auc_table(test_scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     )
     log.info("AUC table (this run | paper):\n%s", _paper_layout(frame))
     metrics = {
-        metric_key("auc", name, col): {"value": float(table[ROW_NAMES.get(name, name)][col]), "step": 0}
+        metric_key("auc", name, col): {
+            "value": float(table[ROW_NAMES.get(name, name)][col]),
+            "step": 0,
+        }
         for name in names
         for col in PAPER_COLUMNS
         if np.isfinite(table[ROW_NAMES.get(name, name)][col])
@@ -91,7 +95,9 @@ def _paper_layout(frame: pd.DataFrame) -> str:
     for _, row in frame.iterrows():
         paper = PAPER_AUC.get(row["score"], {})
         cells = "".join(
-            f"{format_cell(row[c]):>7s} | {paper[c]:.2f}" if c in paper else f"{format_cell(row[c]):>7s} |  -  "
+            f"{format_cell(row[c]):>7s} | {paper[c]:.2f}"
+            if c in paper
+            else f"{format_cell(row[c]):>7s} |  -  "
             for c in PAPER_COLUMNS
         )
         lines.append(f"{row['score']:36s}{cells}")
@@ -132,21 +138,23 @@ def build_statistical_report(
         cis = bootstrap_auc(lab, pat, sc, columns, n_resamples=n_bootstrap, seed=seed)
         for n in names:
             for col in columns:
-                records.append({
-                    "level": level,
-                    "score": ROW_NAMES.get(n, n),
-                    "score_key": n,
-                    "column": col,
-                    "auc": group_auc(lab, sc[n], col),
-                    "ci_low": cis[n][col][0],
-                    "ci_high": cis[n][col][1],
-                    "auprc": group_auprc(lab, sc[n], col),
-                    "threshold": thresholds[n],
-                    "sensitivity": sensitivity_at_threshold(lab, sc[n], thresholds[n], col),
-                    "test_specificity": specificity_at_threshold(lab, sc[n], thresholds[n]),
-                    "n_positive": int(np.isin(lab, GROUPS[col]).sum()),
-                    "n_normal": int((lab == "NORMAL").sum()),
-                })
+                records.append(
+                    {
+                        "level": level,
+                        "score": ROW_NAMES.get(n, n),
+                        "score_key": n,
+                        "column": col,
+                        "auc": group_auc(lab, sc[n], col),
+                        "ci_low": cis[n][col][0],
+                        "ci_high": cis[n][col][1],
+                        "auprc": group_auprc(lab, sc[n], col),
+                        "threshold": thresholds[n],
+                        "sensitivity": sensitivity_at_threshold(lab, sc[n], thresholds[n], col),
+                        "test_specificity": specificity_at_threshold(lab, sc[n], thresholds[n]),
+                        "n_positive": int(np.isin(lab, GROUPS[col]).sum()),
+                        "n_normal": int((lab == "NORMAL").sum()),
+                    }
+                )
     report = pd.DataFrame.from_records(records)
     markdown = render_markdown(report, specificity, n_bootstrap)
     log.info("Extended results:\n%s", markdown)
@@ -155,16 +163,21 @@ def build_statistical_report(
         prefix = "auc" if r.level == "image" else "patient_auc"
         for field, value in (("", r.auc), ("_ci_low", r.ci_low), ("_ci_high", r.ci_high)):
             if np.isfinite(value):
-                metrics[metric_key(prefix, r.score_key, r.column) + field] = {"value": float(value), "step": 0}
+                metrics[metric_key(prefix, r.score_key, r.column) + field] = {
+                    "value": float(value),
+                    "step": 0,
+                }
         for kind, value in (("auprc", r.auprc), ("sens_at_spec", r.sensitivity)):
             if np.isfinite(value):
-                key = metric_key(kind if r.level == "image" else f"patient_{kind}", r.score_key, r.column)
+                key = metric_key(
+                    kind if r.level == "image" else f"patient_{kind}", r.score_key, r.column
+                )
                 metrics[key] = {"value": float(value), "step": 0}
     return report, markdown, metrics
 
 
 def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) -> str:
-    """Markdown tables: AUC [95% CI] per level, then AUPRC and sensitivity at the operating point."""
+    """Markdown tables: AUC [95% CI] per level, then AUPRC and sensitivity at the threshold."""
     parts = [
         "# oct-vae results",
         "",
@@ -174,21 +187,35 @@ def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) 
     columns = list(GROUPS)
     for level in ("image", "patient"):
         sub = report[report["level"] == level]
-        parts += ["", f"## {level.capitalize()}-level AUC", "",
-                  "| score | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        parts += [
+            "",
+            f"## {level.capitalize()}-level AUC",
+            "",
+            "| score | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
         for score, grp in sub.groupby("score", sort=False):
             cells = {r.column: format_cell(r.auc, (r.ci_low, r.ci_high)) for r in grp.itertuples()}
             parts.append(f"| {score} | " + " | ".join(cells[c] for c in columns) + " |")
     sub = report[report["level"] == "image"]
-    parts += ["", f"## Image-level AUPRC and sensitivity at {specificity:.0%} specificity "
-              "(threshold from validation normals)", "",
-              "| score | " + " | ".join(f"AUPRC {c}" for c in columns)
-              + " | " + " | ".join(f"Sens. {c}" for c in columns) + " | test spec. |",
-              "|---" * (2 * len(columns) + 2) + "|"]
+    parts += [
+        "",
+        f"## Image-level AUPRC and sensitivity at {specificity:.0%} specificity "
+        "(threshold from validation normals)",
+        "",
+        "| score | "
+        + " | ".join(f"AUPRC {c}" for c in columns)
+        + " | "
+        + " | ".join(f"Sens. {c}" for c in columns)
+        + " | test spec. |",
+        "|---" * (2 * len(columns) + 2) + "|",
+    ]
     for score, grp in sub.groupby("score", sort=False):
         by = {r.column: r for r in grp.itertuples()}
         parts.append(
-            f"| {score} | " + " | ".join(format_cell(by[c].auprc) for c in columns) + " | "
+            f"| {score} | "
+            + " | ".join(format_cell(by[c].auprc) for c in columns)
+            + " | "
             + " | ".join(format_cell(by[c].sensitivity) for c in columns)
             + f" | {format_cell(grp['test_specificity'].iloc[0])} |"
         )
@@ -210,7 +237,9 @@ def plot_reconstructions(
 def plot_roc_curves(test_scores: pd.DataFrame) -> Figure:
     """ROC curves per disease for each score."""
     labels = test_scores["label"].to_numpy()
-    return plots.roc_curves(labels, {n: test_scores[n].to_numpy() for n in _score_columns(test_scores)})
+    return plots.roc_curves(
+        labels, {n: test_scores[n].to_numpy() for n in _score_columns(test_scores)}
+    )
 
 
 def plot_score_distributions(test_scores: pd.DataFrame) -> Figure:
@@ -219,4 +248,3 @@ def plot_score_distributions(test_scores: pd.DataFrame) -> Figure:
     return plots.score_distributions(
         labels, {n: test_scores[n].to_numpy() for n in _score_columns(test_scores)}
     )
-

@@ -52,7 +52,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="reconstruction_grid",
                 name="plot_reconstructions",
             ),
-            Node(plot_roc_curves, inputs="test_scores", outputs="roc_curves", name="plot_roc_curves"),
+            Node(
+                plot_roc_curves, inputs="test_scores", outputs="roc_curves", name="plot_roc_curves"
+            ),
             Node(
                 plot_score_distributions,
                 inputs="test_scores",

@@ -35,7 +35,9 @@ def split_train_params(
             f"Unknown train parameter(s) {sorted(unknown)}; "
             f"known: {sorted(_MODEL_KEYS | _TRAIN_KEYS)}"
         )
-    model = VAEConfig(image_size=image_size, **{k: v for k, v in params.items() if k in _MODEL_KEYS})
+    model = VAEConfig(
+        image_size=image_size, **{k: v for k, v in params.items() if k in _MODEL_KEYS}
+    )
     train = TrainConfig(
         seed=seed, device=device, **{k: v for k, v in params.items() if k in _TRAIN_KEYS}
     )
@@ -69,7 +71,10 @@ def train_vae(
     meta = result.checkpoint["metadata"]
     log.info(
         "trained %d epochs in %.1f s on %s; best epoch %d (val loss %.2f)",
-        len(history), meta["train_seconds"], meta["device"], meta["best_epoch"],
+        len(history),
+        meta["train_seconds"],
+        meta["device"],
+        meta["best_epoch"],
         meta["best_val_total"],
     )
     metrics = {
@@ -100,8 +105,12 @@ def calibrate_model(
     """
     tc = checkpoint["train_config"]
     score_config = ScoreConfig(
-        n_samples=n_samples, batch_size=batch_size, likelihood=tc["likelihood"],
-        gaussian_sigma=tc["gaussian_sigma"], top_k_percent=top_k_percent, seed=seed,
+        n_samples=n_samples,
+        batch_size=batch_size,
+        likelihood=tc["likelihood"],
+        gaussian_sigma=tc["gaussian_sigma"],
+        top_k_percent=top_k_percent,
+        seed=seed,
     )
     calibrated = calibrate_checkpoint(
         checkpoint, train_images, val_images, score_config, resolve_device(device)

@@ -11,7 +11,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_vae,
-                inputs=["train_images", "val_images", "params:train", "params:seed", "params:device"],
+                inputs=[
+                    "train_images",
+                    "val_images",
+                    "params:train",
+                    "params:seed",
+                    "params:device",
+                ],
                 outputs=["trained_vae", "training_history", "training_metrics"],
                 name="train_vae",
             ),

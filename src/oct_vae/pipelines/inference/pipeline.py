@@ -1,0 +1,87 @@
+"""The ``inference`` pipeline, and its binding to training with kedro-mlflow."""
+
+from kedro.pipeline import Node, Pipeline
+from kedro_mlflow.pipeline import pipeline_ml_factory
+from kedro_mlflow.pipeline.pipeline_ml import PipelineML
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from oct_vae.pipelines.inference.nodes import (
+    ID_COLUMN,
+    IMAGE_COLUMN,
+    export_checkpoint,
+    score_request,
+)
+
+# The MLflow model every training run logs: runs:/<run id>/oct_vae_scorer.
+MODEL_NAME = "oct_vae_scorer"
+INPUT_NAME = "scoring_request"
+# What a request may hold; the id is optional and echoed back.
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", IMAGE_COLUMN), ColSpec("string", ID_COLUMN, required=False)])
+)
+PIP_REQUIREMENTS = [
+    "oct-vae",
+    "kedro>=1.0,<2.0",
+    "kedro-mlflow>=2.0.3,<3.0",
+    "mlflow>=3.1,<3.19",
+    "torch>=2.4,<2.15",
+    "numpy",
+    "pandas",
+    "pillow>=10.0",
+    "scikit-image>=0.22",
+]
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Request rows of base64 scans -> ``load_scan`` -> model -> scores and flag."""
+    return Pipeline(
+        [
+            Node(
+                score_request,
+                inputs=[
+                    "scorer_checkpoint",
+                    INPUT_NAME,
+                    "params:ingest.max_image_pixels",
+                    "params:score.max_image_bytes",
+                    "params:score.max_request_rows",
+                    "params:score.flag_score",
+                    "params:score.specificity",
+                    "params:device",
+                ],
+                outputs="scoring_response",
+                name="score_request",
+            )
+        ],
+        tags=["inference"],
+    )
+
+
+def bind_to_training(training: Pipeline) -> PipelineML:
+    """``training`` plus the export of ``vae_model``, logging the inference pipeline as an
+    MLflow model at the end of every run (kedro-mlflow's ``MlflowHook``).
+
+    The served model packs ``scorer_checkpoint`` (this run's checkpoint, one file), not the
+    versioned ``vae_model`` folder, which holds every version ever trained.
+    """
+    export = Pipeline(
+        [
+            Node(
+                export_checkpoint,
+                inputs="vae_model",
+                outputs="scorer_checkpoint",
+                name="export_scorer_checkpoint",
+            )
+        ],
+        tags=["training"],
+    )
+    return pipeline_ml_factory(
+        training=training + export,
+        inference=create_pipeline(),
+        input_name=INPUT_NAME,
+        log_model_kwargs={
+            "name": MODEL_NAME,
+            "signature": SIGNATURE,
+            "pip_requirements": PIP_REQUIREMENTS,
+        },
+    )

@@ -1,0 +1,34 @@
+"""The ``score`` pipeline: ``kedro run --pipeline score --params score.input_dir=<folder>``."""
+
+from kedro.pipeline import Node, Pipeline
+
+from oct_vae.pipelines.score.nodes import find_scans, score_scans
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Score every file under ``score.input_dir`` with the latest ``vae_model``."""
+    return Pipeline(
+        [
+            Node(
+                find_scans,
+                inputs="params:score.input_dir",
+                outputs="score_files",
+                name="find_scans",
+            ),
+            Node(
+                score_scans,
+                inputs=[
+                    "vae_model",
+                    "score_files",
+                    "params:ingest.max_image_pixels",
+                    "params:ingest.workers",
+                    "params:score.flag_score",
+                    "params:score.specificity",
+                    "params:device",
+                ],
+                outputs=["score_results", "score_heatmaps"],
+                name="score_scans",
+            ),
+        ],
+        tags=["score"],
+    )

@@ -1,0 +1,284 @@
+"""End to end on the tiny project: the ``score`` pipeline in a Kedro session, the MLflow
+model ``oct_vae_scorer`` that training logs, and that model behind ``mlflow models serve``."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from kedro.pipeline import Pipeline
+from kedro_mlflow.pipeline.pipeline_ml import PipelineML
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from oct_vae.hooks import MissingInputsError
+from tests.conftest import KERMANY_SAMPLE
+from tests.e2e.conftest import make_project_copy, run_session
+
+MODEL_NAME = "oct_vae_scorer"
+SCORES = ["reconstruction", "kl", "vae"]
+# How long the model server may take to answer /health on a busy 2-core machine.
+SERVER_START_S = 90
+
+
+def _end_stale_mlflow_runs() -> None:
+    """Empty MLflow's stack of active runs, which earlier sessions of this process leave
+    holding their (already finished) run, often several times over; otherwise the next
+    session logs into that run instead of opening its own."""
+    for _ in range(1000):
+        if mlflow.active_run() is None:
+            return
+        with contextlib.suppress(Exception):  # a run of another temporary project's store
+            mlflow.end_run()
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def scan_folder(tiny_project, tmp_path_factory) -> Path:
+    """Two real scans (a CNV and a normal; phantom scans without the sample) and a file
+    that is not a scan."""
+    folder = tmp_path_factory.mktemp("new_scans")
+    if KERMANY_SAMPLE.is_dir():
+        picks = [sorted((KERMANY_SAMPLE / c).glob("*.jpeg"))[0] for c in ("CNV", "NORMAL")]
+    else:
+        picks = sorted((tiny_project.path / "data/01_raw/phantom_tiny").rglob("*.jpeg"))[:2]
+    (folder / "clinic").mkdir()
+    for pick in picks:
+        shutil.copy(pick, folder / "clinic" / pick.name)
+    (folder / "notes.txt").write_text("not a scan")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def score_results(tiny_project, scan_folder) -> pd.DataFrame:
+    """`kedro run --pipeline score --params score.input_dir=<scan_folder>`: its table."""
+    _end_stale_mlflow_runs()
+    run_session(
+        tiny_project.path,
+        pipeline_names=["score"],
+        runtime_params={"score": {"input_dir": str(scan_folder)}},
+    )
+    versions = sorted(
+        glob.glob(str(tiny_project.path / "data/07_model_output/score_results.csv/*"))
+    )
+    assert versions, "score_results was not saved as a versioned dataset"
+    return pd.read_csv(f"{versions[-1]}/score_results.csv")
+
+
+def _latest_scorer(tiny_project):
+    client = MlflowClient(tracking_uri=tiny_project.tracking_uri)
+    exp = client.get_experiment_by_name("oct-vae")
+    models = [m for m in client.search_logged_models([exp.experiment_id]) if m.name == MODEL_NAME]
+    assert models, f"no run logged the {MODEL_NAME} model"
+    return client, max(models, key=lambda m: m.creation_timestamp)
+
+
+def test_the_default_run_logged_the_scorer_model(tiny_project):
+    client, model = _latest_scorer(tiny_project)
+    run = client.get_run(model.source_run_id)
+    assert run.info.run_name == "__default__"  # `kedro run`: ingest + train + evaluate
+    mlflow.set_tracking_uri(tiny_project.tracking_uri)
+    info = mlflow.models.get_model_info(f"runs:/{model.source_run_id}/{MODEL_NAME}")
+    inputs = {c.name: c.required for c in info.signature.inputs.inputs}
+    assert inputs == {"image_b64": True, "id": False}
+
+
+def test_default_and_train_pipelines_stay_bound_to_inference_in_a_session_run():
+    """What `kedro run` and `kedro run --pipeline train` give kedro-mlflow's hook, which
+    logs the model only for a PipelineML."""
+    from kedro.framework.project import configure_project, pipelines
+
+    from oct_vae.pipelines import evaluate, ingest, train
+
+    configure_project("oct_vae")
+    names = {n.name for p in (ingest, train, evaluate) for n in p.create_pipeline().nodes}
+    train_names = {n.name for n in train.create_pipeline().nodes}
+    for requested, expected in ((None, names), (["train"], train_names)):
+        pipelines.set_requested(requested)  # as KedroSession.run does
+        name = "__default__" if requested is None else requested[0]
+        # KedroSession.run: Pipeline([]) + each named pipeline, then filter().
+        run = (Pipeline([]) + pipelines[name]).filter()
+        assert isinstance(run, PipelineML), name
+        assert {n.name for n in run.nodes} == expected | {"export_scorer_checkpoint"}
+        assert run.input_name == "scoring_request"
+        assert run.log_model_kwargs["name"] == MODEL_NAME
+        assert run.inference.outputs() == {"scoring_response"}
+    pipelines.set_requested(None)
+    assert "inference" not in pipelines and "score" in pipelines
+    configure_project("oct_vae")
+
+
+def test_score_pipeline_in_a_session_writes_versioned_results_and_heatmaps(
+    tiny_project, scan_folder, score_results
+):
+    files = sorted(p.as_posix() for p in scan_folder.rglob("*") if p.is_file())
+    assert sorted(score_results["path"]) == files
+    bad = score_results[score_results["error"].notna()]
+    assert bad["path"].map(lambda p: Path(p).name).tolist() == ["notes.txt"]
+    good = score_results[score_results["error"].isna()]
+    assert len(good) == 2 and good["anomalous"].isin([True, False]).all()
+    assert np.isfinite(good[SCORES].to_numpy()).all()
+    for key in good["heatmap"]:
+        assert key.endswith(".png") and "/clinic/" in key
+        with Image.open(tiny_project.path / "data/08_reporting/score_heatmaps" / key) as png:
+            assert png.size == (990, 352)
+    client = MlflowClient(tracking_uri=tiny_project.tracking_uri)
+    exp = client.get_experiment_by_name("oct-vae")
+    run = client.search_runs(
+        [exp.experiment_id], "attributes.run_name = 'score'", order_by=["start_time DESC"]
+    )[0]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "scoring")}
+    assert logged == {"scoring/score_results.csv"}
+
+
+def test_logged_model_gives_the_score_pipelines_scores(tiny_project, scan_folder, score_results):
+    _, model = _latest_scorer(tiny_project)
+    mlflow.set_tracking_uri(tiny_project.tracking_uri)
+    scorer = mlflow.pyfunc.load_model(f"runs:/{model.source_run_id}/{MODEL_NAME}")
+    paths = score_results["path"].tolist()
+    request = pd.DataFrame({"id": paths, "image_b64": [_b64(Path(p)) for p in paths]})
+    out = scorer.predict(request)
+    assert out["id"].tolist() == paths
+    assert out["error"].isna().tolist() == score_results["error"].isna().tolist()
+    for col in [*SCORES, *(f"{s}_percentile" for s in SCORES), "threshold"]:
+        np.testing.assert_allclose(
+            out[col].astype(float), score_results[col].astype(float), rtol=1e-6, equal_nan=True
+        )
+    assert out["anomalous"].tolist() == [
+        None if pd.isna(v) else bool(v) for v in score_results["anomalous"]
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_health(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"model server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"model server not up after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_results, tmp_path):
+    """`mlflow models serve -m runs:/<id>/oct_vae_scorer`: HTTP 200 with one row per scan
+    (an ``error`` on the rows that cannot be scored), HTTP 400 for an empty request."""
+    _, model = _latest_scorer(tiny_project)
+    bin_dir = Path(sys.executable).parent
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # uvicorn
+        "MLFLOW_TRACKING_URI": tiny_project.tracking_uri,
+        "OMP_NUM_THREADS": "1",  # one scan at a time: threads only contend on a busy CPU
+    }
+    log = tmp_path / "server.log"
+    cmd = [
+        str(bin_dir / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"runs:/{model.source_run_id}/{MODEL_NAME}",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for_health(proc, url, log)
+        good = score_results[score_results["error"].isna()].iloc[0]
+        payload = {
+            "dataframe_split": {
+                "columns": ["id", "image_b64"],
+                "data": [
+                    ["scan", _b64(Path(good["path"]))],
+                    ["malformed", "this is not base64!"],
+                    ["text", base64.b64encode(b"just some text").decode()],
+                ],
+            }
+        }
+        answer = requests.post(f"{url}/invocations", json=payload, timeout=60)
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["predictions"]
+        assert [r["id"] for r in rows] == ["scan", "malformed", "text"]
+        assert rows[0]["error"] is None and isinstance(rows[0]["anomalous"], bool)
+        for name in SCORES:
+            assert rows[0][name] == pytest.approx(good[name], rel=1e-6)
+            assert 0 <= rows[0][f"{name}_percentile"] <= 100
+        assert rows[0]["anomalous"] == (rows[0]["reconstruction"] > rows[0]["threshold"])
+        assert rows[1]["error"].startswith("malformed base64") and rows[1]["vae"] is None
+        assert rows[2]["error"] == "not an image (unrecognised file format)"
+
+        empty = {"dataframe_split": {"columns": ["image_b64"], "data": []}}
+        refused = requests.post(f"{url}/invocations", json=empty, timeout=60)
+        assert refused.status_code == 400 and "empty request" in refused.json()["message"]
+
+        # still serving, and the same scan gets the same scores
+        again = requests.post(
+            f"{url}/invocations",
+            json={"dataframe_records": [{"image_b64": _b64(Path(good["path"]))}]},
+            timeout=60,
+        )
+        assert again.status_code == 200
+        assert again.json()["predictions"][0]["vae"] == rows[0]["vae"]
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its uvicorn worker: the process group this test started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def test_score_without_a_model_names_the_train_command(tmp_path, scan_folder):
+    project = make_project_copy(tmp_path / "no_model")
+    try:
+        with pytest.raises(MissingInputsError, match=r"vae_model.*kedro run --pipeline train"):
+            run_session(
+                project,
+                pipeline_names=["score"],
+                runtime_params={"score": {"input_dir": str(scan_folder)}},
+            )
+    finally:
+        _end_stale_mlflow_runs()

@@ -1,0 +1,133 @@
+"""The training fast path: bf16 quality, compile fallback, eager tail batch, async checkpoints."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from oct_vae import training
+from oct_vae.bench import synthetic_scans
+from oct_vae.model import VAEConfig
+from oct_vae.training import NonFiniteLossError, TrainConfig, Trainer, train_vae
+
+MODEL = VAEConfig(image_size=32, width=8, latent_dim=16, n_blocks=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: one thread is as fast, and immune to OpenMP spin-waits on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    images = synthetic_scans(56, size=32, seed=5)
+    return images[:40], images[40:]  # 40 = 16 + 16 + a short batch of 8
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=16, lr=2e-3, seed=1, device="cpu", progress=False,
+                amp="off", compile="off")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def test_bf16_fast_path_val_loss_within_2_percent_of_float32(data):
+    train, val = data
+    fp32 = train_vae(train, val, MODEL, _cfg(epochs=4))
+    bf16 = train_vae(train, val, MODEL, _cfg(epochs=4, amp="bf16", channels_last="on"))
+    assert fp32.checkpoint["metadata"]["amp"] == "off"
+    assert bf16.checkpoint["metadata"]["amp"] == "bf16"
+    first, last = fp32.history[0]["val_total"], fp32.history[-1]["val_total"]
+    assert last < first - 2.0  # it learned (the grey-level BCE floor is ~690 nats here)
+    fast = bf16.history[-1]["val_total"]
+    assert fast != last  # bf16 really ran
+    assert abs(fast - last) / last < 0.02
+
+
+def test_amp_auto_is_bf16_on_cpu_only_with_native_bf16(data, monkeypatch):
+    train, val = data
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert not Trainer(train, val, MODEL, _cfg(amp="auto")).amp
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert Trainer(train, val, MODEL, _cfg(amp="auto")).amp
+    assert not Trainer(train, val, MODEL, _cfg(amp="off")).amp
+
+
+def test_compile_failure_falls_back_to_eager_with_the_same_result(data, monkeypatch, caplog):
+    train, val = data
+    eager = train_vae(train, val, MODEL, _cfg())
+
+    def broken_compile(module, **_):
+        def fails(*args):
+            raise RuntimeError("no backend here")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level(logging.WARNING, logger="oct_vae.training"):
+        fallback = train_vae(train, val, MODEL, _cfg(compile="on"))
+    assert "training eagerly" in caplog.text
+    assert _max_diff(eager.checkpoint["state_dict"], fallback.checkpoint["state_dict"]) == 0
+
+
+def test_short_last_batch_bypasses_the_compiled_step(data, monkeypatch):
+    train, val = data
+    shapes: list[int] = []
+
+    def recording_compile(module, **_):
+        def compiled(x, eps):
+            shapes.append(x.shape[0])
+            return module(x, eps)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    train_vae(train, val, MODEL, _cfg(epochs=2, compile="on"))
+    assert shapes == [16, 16, 16, 16]  # the batches of 8 never reach the compiled graph
+
+
+def test_resume_equals_uninterrupted_with_background_checkpoints(data, tmp_path):
+    train, val = data
+    full = train_vae(train, val, MODEL, _cfg(epochs=3))
+    train_vae(train, val, MODEL, _cfg(epochs=2, checkpoint_dir=str(tmp_path)))
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and len(saved["history"]) == 2
+    again = _cfg(epochs=3, checkpoint_dir=str(tmp_path), resume=True)
+    resumed = train_vae(train, val, MODEL, again)
+    assert _max_diff(full.checkpoint["state_dict"], resumed.checkpoint["state_dict"]) == 0
+    assert [h["val_total"] for h in resumed.history] == [h["val_total"] for h in full.history]
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_nan_guard_names_epoch_and_batch_after_the_checkpoint_is_written(data, tmp_path):
+    train, val = data
+    trainer = Trainer(train, val, MODEL, _cfg(epochs=3, checkpoint_dir=str(tmp_path)))
+    original, calls = trainer.step_model, {"n": 0}
+
+    def poison(x, eps):
+        calls["n"] += 1
+        terms = original(x, eps)
+        return terms * float("nan") if calls["n"] == 4 else terms  # epoch 2, batch 2
+
+    trainer.step_model = poison
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 2/3"):
+        trainer.fit()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_devices_setting_is_validated():
+    assert _cfg(devices="auto").devices == "auto"
+    for bad in (0, -1, True, "two", 1.5):
+        with pytest.raises(ValueError, match="devices"):
+            _cfg(devices=bad)

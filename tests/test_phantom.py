@@ -1,0 +1,277 @@
+"""Tests of the synthetic OCT phantom (layout, determinism, reuse, lesions, baselines)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from oct_vae import phantom as ph
+from oct_vae.phantom import (
+    CLASSES,
+    PhantomConfig,
+    generate_phantom,
+    render_bscan,
+    sample_anatomy,
+)
+
+NAME_RE = re.compile(r"^(NORMAL|CNV|DME|DRUSEN)-\d+-\d+\.jpeg$")
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-sample"
+TINY = PhantomConfig(n_normal_patients=5, n_patients_per_disease=3, scans_per_patient=(1, 3),
+                     wide_fraction=0.4, test_fraction=0.34, seed=11)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.jpeg"))}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("phantom") / "ph"
+    return root, generate_phantom(root, TINY)
+
+
+def test_render_shape_dtype_and_label_check() -> None:
+    anatomy = sample_anatomy(np.random.default_rng(0))
+    for width in (512, 768):
+        img = render_bscan("NORMAL", anatomy, np.random.default_rng(1), width, 496)
+        assert img.shape == (496, width) and img.dtype == np.uint8
+        assert 10 < img.mean() < 120 and img.std() > 15
+    with pytest.raises(ValueError, match="unknown label"):
+        render_bscan("AMD", anatomy, np.random.default_rng(1))
+
+
+def test_patients_differ_and_anatomy_is_deterministic() -> None:
+    a, b = sample_anatomy(np.random.default_rng(3)), sample_anatomy(np.random.default_rng(3))
+    c = sample_anatomy(np.random.default_rng(4))
+    assert a == b and a != c
+    img_a = render_bscan("NORMAL", a, np.random.default_rng(5))
+    img_c = render_bscan("NORMAL", c, np.random.default_rng(5))
+    assert np.abs(img_a.astype(int) - img_c.astype(int)).mean() > 5
+
+
+def test_layout_and_naming(tiny: tuple[Path, dict]) -> None:
+    root, summary = tiny
+    files = sorted(root.rglob("*.jpeg"))
+    assert len(files) == summary["n_files"] == sum(summary["counts"].values())
+    widths, owner, scans = set(), {}, {}
+    for path in files:
+        split, label = path.relative_to(root).parts[:2]
+        assert split in ("train", "test") and label in CLASSES
+        assert NAME_RE.match(path.name) and path.name.startswith(label + "-")
+        _, pid, n = path.stem.split("-")
+        assert len(pid) == 7
+        assert owner.setdefault(pid, (label, split)) == (label, split)  # one class, one split
+        scans.setdefault(pid, []).append(int(n))
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.mode == "L"
+            assert im.size in ((512, 496), (768, 496))
+            widths.add(im.size[0])
+    assert widths == {512, 768}
+    assert all(sorted(v) == list(range(1, len(v) + 1)) for v in scans.values())
+    n_pat = {c: sum(1 for lab, _ in owner.values() if lab == c) for c in CLASSES}
+    assert n_pat == {"NORMAL": 5, "CNV": 3, "DME": 3, "DRUSEN": 3} == summary["patients"]
+    assert {s for _, s in owner.values()} == {"train", "test"}
+    meta = json.loads((root / ph.META_NAME).read_text())
+    assert meta["config"]["seed"] == 11 and meta["format_version"] == ph.FORMAT_VERSION
+    assert not (root / ph._PARTIAL_NAME).exists()
+
+
+def test_same_seed_same_bytes_any_workers(tiny: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = tiny
+    again = generate_phantom(tmp_path / "b", TINY, workers=2)
+    assert again["reused"] is False
+    assert _files(tmp_path / "b") == _files(root)
+    other = generate_phantom(tmp_path / "c", replace(TINY, seed=12))
+    assert other["n_files"] > 0
+    a, c = _files(root), _files(tmp_path / "c")
+    assert set(a) != set(c) or a != c
+    # the single-scan entry point reproduces a written file exactly (up to JPEG coding)
+    path = sorted(root.rglob("*.jpeg"))[0]
+    label, pid, n = path.stem.split("-")
+    with Image.open(path) as im:
+        written = np.asarray(im, dtype=float)
+    assert np.abs(ph.scan_image(TINY, label, int(pid), int(n)) - written).mean() < 3.0
+
+
+def test_reuse_does_not_rewrite(tiny: tuple[Path, dict]) -> None:
+    root, first = tiny
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    second = generate_phantom(root, TINY)
+    assert second["reused"] is True
+    assert {k: v for k, v in second.items() if k != "reused"} == \
+        {k: v for k, v in first.items() if k != "reused"}
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == mtimes
+
+
+def test_config_mismatch_is_a_clear_error(tiny: tuple[Path, dict]) -> None:
+    root, _ = tiny
+    with pytest.raises(ValueError, match=r"(?s)different configuration.*Delete the folder") as e:
+        generate_phantom(root, replace(TINY, severity=2.0))
+    assert "severity" in str(e.value)
+
+
+def test_interrupted_generation_is_completed(tmp_path: Path) -> None:
+    cfg = PhantomConfig(n_normal_patients=2, n_patients_per_disease=1, scans_per_patient=(2, 2),
+                        seed=5)
+    root = tmp_path / "ph"
+    generate_phantom(root, cfg)
+    reference = _files(root)
+    # simulate a crash: no phantom.json yet, the partial marker and some files missing
+    (root / ph.META_NAME).unlink()
+    (root / ph._PARTIAL_NAME).write_text(json.dumps(
+        {"config": ph._config_dict(cfg), "format_version": ph.FORMAT_VERSION}))
+    victim = root / sorted(reference)[0]
+    victim.unlink()
+    assert generate_phantom(root, cfg)["reused"] is False
+    assert _files(root) == reference and (root / ph.META_NAME).exists()
+    # a missing file under a complete phantom.json is regenerated too
+    victim.unlink()
+    generate_phantom(root, cfg)
+    assert _files(root) == reference
+    # an interrupted run of another configuration is not mixed in
+    (root / ph.META_NAME).unlink()
+    (root / ph._PARTIAL_NAME).write_text(json.dumps(
+        {"config": {**ph._config_dict(cfg), "seed": 6}, "format_version": ph.FORMAT_VERSION}))
+    with pytest.raises(ValueError, match="different configuration"):
+        generate_phantom(root, cfg)
+
+
+def test_foreign_image_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "train" / "CNV").mkdir(parents=True)
+    Image.new("L", (512, 496)).save(tmp_path / "train" / "CNV" / "CNV-1234567-1.jpeg")
+    with pytest.raises(ValueError, match="not a phantom"):
+        generate_phantom(tmp_path, TINY)
+    assert not (tmp_path / ph.META_NAME).exists()
+
+
+def _pair(label: str, seed: int, width: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Same anatomy and scan seed rendered as NORMAL and as ``label``; normal boundaries."""
+    anatomy = sample_anatomy(np.random.default_rng([seed, 1]))
+    normal = render_bscan("NORMAL", anatomy, np.random.default_rng([seed, 2]), width)
+    sick = render_bscan(label, anatomy, np.random.default_rng([seed, 2]), width)
+    sc, _ = ph._scene("NORMAL", anatomy, np.random.default_rng([seed, 2]), width, 496,
+                      PhantomConfig())
+    cols = np.minimum(np.arange(width) * sc.s.shape[0] // width, sc.s.shape[0] - 1)
+    return normal.astype(int), sick.astype(int), sc.bounds[:, cols]
+
+
+def _bbox_fraction(mask: np.ndarray) -> float:
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return 0.0
+    return (np.ptp(rows) + 1) * (np.ptp(cols) + 1) / mask.size
+
+
+@pytest.mark.parametrize("label", ["CNV", "DME", "DRUSEN"])
+def test_lesions_are_local_and_in_the_expected_direction(label: str) -> None:
+    rows = np.arange(496)[:, None]
+    for seed in range(4):
+        normal, sick, b = _pair(label, seed)
+        diff = sick - normal
+        changed = np.abs(diff) > 50
+        assert changed.any(), "the lesion must change the image"
+        assert changed.mean() < 0.08 and _bbox_fraction(changed) < 0.4
+        ilm, bruch = b[0][None, :], b[ph._L["SUB"] + 1][None, :]
+        bright, dark = diff > 60, diff < -50
+        if label in ("CNV", "DRUSEN"):
+            # raised RPE / new material: bright pixels just above the healthy RPE position
+            retina = (rows < bruch + 2) & (rows > ilm - (110 if label == "CNV" else 30))
+            near_rpe = (rows < bruch + 2) & (rows > bruch - (100 if label == "CNV" else 40))
+            assert bright.sum() > 30 and (bright & retina).sum() > 0.9 * bright.sum()
+            assert (bright & near_rpe).sum() > 0.6 * bright.sum()
+        else:
+            # dark cysts inside the retina, which thickens (the ILM rises)
+            inside = (rows > ilm - 40) & (rows < bruch)
+            assert dark.sum() > 50 and (dark & inside).sum() > 0.8 * dark.sum()
+            sc_n, _ = ph._scene("NORMAL", sample_anatomy(np.random.default_rng([seed, 1])),
+                                np.random.default_rng([seed, 2]), 512, 496, PhantomConfig())
+            sc_d, _ = ph._scene("DME", sample_anatomy(np.random.default_rng([seed, 1])),
+                                np.random.default_rng([seed, 2]), 512, 496, PhantomConfig())
+            thick_n = sc_n.bounds[ph._L["SUB"] + 1] - sc_n.bounds[0]
+            thick_d = sc_d.bounds[ph._L["SUB"] + 1] - sc_d.bounds[0]
+            assert (thick_d - thick_n).max() > 15 and (thick_d >= thick_n - 1e-3).all()
+
+
+def test_normal_rendering_has_no_lesion_and_drusen_are_smaller_than_cnv() -> None:
+    normal, again, _ = _pair("NORMAL", 0)
+    assert np.array_equal(normal, again)
+    area = {lab: np.mean([(np.abs(_pair(lab, s)[1] - _pair(lab, s)[0]) > 50).sum()
+                          for s in range(5)]) for lab in ("CNV", "DRUSEN")}
+    assert 0 < area["DRUSEN"] < 0.5 * area["CNV"]
+
+
+def test_severity_scales_lesions() -> None:
+    anatomy = sample_anatomy(np.random.default_rng([0, 1]))
+
+    def changed(sev: float) -> int:
+        cfg = PhantomConfig(severity=sev)
+        n = render_bscan("NORMAL", anatomy, np.random.default_rng(9), config=cfg).astype(int)
+        d = render_bscan("CNV", anatomy, np.random.default_rng(9), config=cfg).astype(int)
+        return int((np.abs(d - n) > 50).sum())
+
+    assert changed(0.5) < changed(1.0) < changed(1.5)
+
+
+def _small(img: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(img).resize((128, 128), Image.BILINEAR), np.float32)
+
+
+def _dataset(label: str, n: int, offset: int, cfg: PhantomConfig) -> np.ndarray:
+    out = []
+    for k in range(offset, offset + n):
+        anatomy = sample_anatomy(np.random.default_rng([77, CLASSES.index(label), k]))
+        rng = np.random.default_rng([78, CLASSES.index(label), k])
+        width = 768 if rng.random() < cfg.wide_fraction else 512
+        out.append(_small(render_bscan(label, anatomy, rng, width, 496, cfg)))
+    return np.stack(out)
+
+
+def test_global_baselines_do_not_separate_but_lesions_show_at_128() -> None:
+    cfg = PhantomConfig()
+    train = _dataset("NORMAL", 120, 0, cfg)
+    normals = _dataset("NORMAL", 120, 1000, cfg)
+    sick = {c: _dataset(c, 40, 0, cfg) for c in CLASSES[1:]}
+    mean_normal = train.mean(0)
+    scores = {"mean": lambda x: x.mean((1, 2)),
+              "l2": lambda x: np.sqrt(((x - mean_normal) ** 2).sum((1, 2)))}
+    for name, score in scores.items():
+        sn = score(normals)
+        groups = {**{c: score(v) for c, v in sick.items()},
+                  "pooled": np.concatenate([score(v) for v in sick.values()])}
+        for group, sd in groups.items():
+            auc = roc_auc_score(np.r_[np.zeros(len(sn)), np.ones(len(sd))], np.r_[sn, sd])
+            assert max(auc, 1 - auc) < 0.75, (name, group, auc)
+    # ... while at the model's 128x128 input the lesions are plainly visible locally
+    for label in CLASSES[1:]:
+        normal, sick_img, _ = _pair(label, 3)
+        diff = np.abs(_small(sick_img.astype(np.uint8)) - _small(normal.astype(np.uint8)))
+        assert (diff > 40).sum() >= (4 if label == "DRUSEN" else 15), label
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="real Kermany sample not available")
+def test_intensity_statistics_resemble_real_scans() -> None:
+    def stats(images: list[np.ndarray]) -> np.ndarray:
+        return np.array([[a.mean(), np.percentile(a, 50), np.percentile(a, 95),
+                          np.percentile(a, 5)] for a in images])
+
+    real = [np.asarray(Image.open(p).convert("L"), float)
+            for p in sorted(REAL.glob("NORMAL/*.jpeg"))]
+    fake = [render_bscan("NORMAL", sample_anatomy(np.random.default_rng([5, k])),
+                         np.random.default_rng([6, k])).astype(float) for k in range(16)]
+    r, f = np.median(stats(real), 0), np.median(stats(fake), 0)
+    assert np.all(np.abs(f - r) <= np.maximum(0.35 * r, 6.0)), (r, f)
+
+
+def test_iter_files_lists_everything(tiny: tuple[Path, dict]) -> None:
+    root, summary = tiny
+    listed = list(ph.iter_files(root))
+    assert len(listed) == summary["n_files"] and all(p.suffix == ".jpeg" for p in listed)
+    assert os.path.commonpath([str(p) for p in listed]) == str(root)
