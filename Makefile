@@ -40,3 +40,16 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Pictures of kedro-viz and the MLflow UI (docs/images/, see docs/ui.md) from a fresh tiny
+# run, checked in headless Chromium. Not part of `make test`: it needs Debian's chromium
+# (installed here when missing and run as root; ~480 MB) and playwright (~165 MB in the venv;
+# it drives that Chromium, no browser download). After a real `kedro run`, take the pictures
+# of that run instead with `$(BIN)/python scripts/screenshots.py`.
+screenshots: install
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 \
+		&& apt-get update -q && apt-get install -y -q chromium; } \
+		|| { echo "Chromium is missing: apt-get install -y chromium"; exit 1; }
+	@$(BIN)/python -c "import playwright" 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet --disable-pip-version-check playwright
+	$(BIN)/python scripts/screenshots.py --tiny

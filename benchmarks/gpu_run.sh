@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU measurement, in one call (about 7 minutes at most on one H100):
+# The GPU measurement, in one call (under 7 minutes on one H100 or H200):
 #   1. naive vs project loop (eager and compiled) at batch 256 + eager batch-size sweep
 #   2. Trainer.fit, 40 epochs x 25,236 synthetic images, compiled: the 60 s target, end to end
 #   3. Trainer.fit, 2 epochs, eager: the loop without torch.compile
+#   4. width 64: final val loss at batch 64 vs 256, lr 1e-4 and lr scaled with the batch
 # Each step has its own time limit, so a slow step cannot take the others' results with it.
 # JSON and logs go to $OUT (default benchmarks/out, git-ignored).
 #
@@ -21,7 +22,9 @@ if [[ -n "${QUICK:-}" ]]; then  # CPU dry run: tiny sizes, same code paths
     SIZES=16,32
     FIT_EPOCHS=2
     FIT_IMAGES=48
+    QUALITY_IMAGES=64
 fi
+QUALITY_IMAGES=${QUALITY_IMAGES:-8192}
 export PYTHONPATH=src
 mkdir -p "$OUT"
 stamp() { echo "=== $(date -u +%H:%M:%S) $*"; }
@@ -32,20 +35,29 @@ nvidia-smi -L 2>&1 | tee "$OUT/nvidia-smi.txt" || true
 'cuda', torch.cuda.is_available())" 2>&1 | tee "$OUT/versions.txt"
 
 stamp "1. benchmark: naive vs project (eager, compiled) + batch-size sweep"
-timeout "${T_BENCH:-200}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile both \
+timeout "${T_BENCH:-180}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile both \
     --batch-sizes "$SIZES" --out "$OUT/bench_train.json" "${EXTRA[@]}" 2>&1 \
     | tee "$OUT/bench_train.log"
 echo "exit ${PIPESTATUS[0]}"
 
 stamp "2. Trainer.fit, $FIT_EPOCHS epochs x $FIT_IMAGES images, compiled"
-timeout "${T_FIT:-140}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile on \
+timeout "${T_FIT:-130}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile on \
     --fit-epochs "$FIT_EPOCHS" --fit-images "$FIT_IMAGES" --out "$OUT/fit_compiled.json" \
     "${EXTRA[@]}" 2>&1 | tee "$OUT/fit_compiled.log"
 echo "exit ${PIPESTATUS[0]}"
 
 stamp "3. Trainer.fit, 2 epochs x $FIT_IMAGES images, eager"
-timeout "${T_EAGER:-60}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile off \
+timeout "${T_EAGER:-45}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile off \
     --fit-epochs 2 --fit-images "$FIT_IMAGES" --out "$OUT/fit_eager.json" \
     "${EXTRA[@]}" 2>&1 | tee "$OUT/fit_eager.log"
 echo "exit ${PIPESTATUS[0]}"
+
+stamp "4. batch size vs validation loss (synthetic scans, 10 epochs, bf16)"
+for scaling in none linear; do
+    timeout "${T_QUALITY:-40}" "$PY" -m oct_vae.bench --device "$DEVICE" --quality \
+        --batch-sizes 64,256 --quality-amp bf16 --quality-images "$QUALITY_IMAGES" \
+        --lr-scaling "$scaling" --out "$OUT/quality_lr_$scaling.json" "${EXTRA[@]}" 2>&1 \
+        | grep -v "oct_vae.training: epoch" | tee "$OUT/quality_lr_$scaling.log"
+    echo "exit ${PIPESTATUS[0]}"
+done
 stamp "done"

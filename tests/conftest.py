@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# The tests run many tiny tensor operations, for which one thread per process is fastest
+# (and two test processes of the DDP test share the two cores); set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from oct_vae.phantom import PhantomConfig, generate_phantom
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from oct_vae.phantom import PhantomConfig, generate_phantom  # noqa: E402
 
 # A phantom small enough to generate in about two seconds: 24 normal patients (~90 scans)
 # and 6 patients (~20 scans) per disease, enough for a 20/10/10/10 test set.

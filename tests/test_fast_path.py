@@ -44,12 +44,14 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def test_bf16_fast_path_val_loss_within_2_percent_of_float32(data):
     train, val = data
-    fp32 = train_vae(train, val, MODEL, _cfg(epochs=4))
-    bf16 = train_vae(train, val, MODEL, _cfg(epochs=4, amp="bf16", channels_last="on"))
+    # long enough to learn, short of the fast-moving phase where any rounding reorders steps
+    slow = dict(epochs=10, batch_size=8, lr=3e-3)
+    fp32 = train_vae(train, val, MODEL, _cfg(**slow))
+    bf16 = train_vae(train, val, MODEL, _cfg(**slow, amp="bf16", channels_last="on"))
     assert fp32.checkpoint["metadata"]["amp"] == "off"
     assert bf16.checkpoint["metadata"]["amp"] == "bf16"
     first, last = fp32.history[0]["val_total"], fp32.history[-1]["val_total"]
-    assert last < first - 2.0  # it learned (the grey-level BCE floor is ~690 nats here)
+    assert last < 0.9 * first  # it learned, so the comparison means something
     fast = bf16.history[-1]["val_total"]
     assert fast != last  # bf16 really ran
     assert abs(fast - last) / last < 0.02

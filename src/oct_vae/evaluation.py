@@ -35,6 +35,7 @@ ROW_NAMES: dict[str, str] = {
     "baseline_mean_intensity": "Baseline: mean intensity",
     "baseline_distance_to_mean_normal": "Baseline: distance to mean normal",
     "topk_residual": "Top-k residual",
+    "filtered_residual": "Filtered top-k residual",
     "structural_residual": "Structural residual (1-SSIM)",
     "latent_distance": "Latent distance (Mahalanobis)",
     "recon_uncertainty": "Reconstruction uncertainty",
@@ -120,6 +121,48 @@ def patient_level(
     return np.asarray(labels)[first], np.asarray(patients)[first], out
 
 
+def bootstrap_auc_draws(
+    labels: np.ndarray,
+    patients: np.ndarray,
+    scores: dict[str, np.ndarray],
+    groups: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, np.ndarray]]:
+    """AUC of every score and column on each of ``n_resamples`` patient-level resamples.
+
+    Patients are resampled with replacement within each label, so every resample keeps
+    the class mix of the test set; all of a resampled patient's scans come along. The
+    same resamples serve every score and column, so differences between scores are
+    paired.
+
+    Returns:
+        {score name: {column: array of n_resamples AUCs}}.
+    """
+    labels, patients = np.asarray(labels), np.asarray(patients, dtype=str)
+    rng = np.random.default_rng(seed)
+    by_label: list[list[np.ndarray]] = []
+    for lab in np.unique(labels):
+        pats = np.unique(patients[labels == lab])
+        by_label.append([np.flatnonzero((labels == lab) & (patients == p)) for p in pats])
+    draws = {k: {g: np.empty(n_resamples) for g in groups} for k in scores}
+    values = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    for r in range(n_resamples):
+        idx = np.concatenate(
+            [
+                np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+                for rows in by_label
+            ]
+        )
+        lab = labels[idx]
+        masks = {g: _group_mask(lab, g) for g in groups}
+        for name, v in values.items():
+            vi = v[idx]
+            for g, (keep, pos) in masks.items():
+                draws[name][g][r] = rank_auc(pos[keep], vi[keep])
+    return draws
+
+
 def bootstrap_auc(
     labels: np.ndarray,
     patients: np.ndarray,
@@ -129,37 +172,18 @@ def bootstrap_auc(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, dict[str, tuple[float, float]]]:
-    """Percentile bootstrap CIs of every AUC, resampling patients with replacement.
-
-    Patients are resampled within each label, so every resample keeps the class mix of
-    the test set; all of a resampled patient's scans come along. The same resamples serve
-    every score and column, so their intervals are comparable.
+    """Percentile bootstrap CIs of every AUC, resampling patients (``bootstrap_auc_draws``).
 
     Returns:
         {score name: {column: (low, high)}}.
     """
-    labels, patients = np.asarray(labels), np.asarray(patients, dtype=str)
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[np.ndarray]] = {}
-    for lab in np.unique(labels):
-        pats = np.unique(patients[labels == lab])
-        by_label[lab] = [np.flatnonzero((labels == lab) & (patients == p)) for p in pats]
-    draws: dict[str, dict[str, list[float]]] = {k: {g: [] for g in groups} for k in scores}
-    for _ in range(n_resamples):
-        idx = np.concatenate(
-            [
-                np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
-                for rows in by_label.values()
-            ]
-        )
-        lab = labels[idx]
-        masks = {g: _group_mask(lab, g) for g in groups}
-        for name, values in scores.items():
-            v = np.asarray(values, dtype=np.float64)[idx]
-            for g, (keep, pos) in masks.items():
-                draws[name][g].append(rank_auc(pos[keep], v[keep]))
-    q = (100 * alpha / 2, 100 * (1 - alpha / 2))
-    return {name: {g: _percentiles(draws[name][g], q) for g in groups} for name in scores}
+    draws = bootstrap_auc_draws(labels, patients, scores, groups, n_resamples, seed)
+    return {name: {g: interval(d, alpha) for g, d in cols.items()} for name, cols in draws.items()}
+
+
+def interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Central ``1 - alpha`` percentile interval of the finite values (NaN if none)."""
+    return _percentiles(list(values), (100 * alpha / 2, 100 * (1 - alpha / 2)))
 
 
 def _percentiles(values: list[float], q: tuple[float, float]) -> tuple[float, float]:

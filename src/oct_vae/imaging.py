@@ -261,7 +261,7 @@ def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or a no-op 
         enabled = False
     if not enabled:
         return _NoBar()
-    return tqdm(total=total, desc="decoding scans", unit="scan", mininterval=1.0)
+    return tqdm(total=total, desc="decoding scans", unit="scan", mininterval=1.0, disable=None)
 
 
 class _NoBar:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +35,9 @@ FORMAT_VERSION = 1
 META_NAME = "phantom.json"
 _PARTIAL_NAME = ".phantom-partial.json"
 REF_HEIGHT = 496  # all vertical sizes below are pixels at this height
-_DS = 4  # smooth fields are rendered at width // _DS columns and upsampled
+# The layered scene is rendered at width // 4 columns, at most 128 (the model's input width),
+# and upsampled laterally; noise is added at full resolution.
+_DS, _MAX_COLS = 4, 128
 
 # Retina from the inner limiting membrane (ILM) down to Bruch's membrane, top to bottom:
 # name, thickness (px), reflectivity (display units before gain), foveal thinning (share of
@@ -81,6 +84,18 @@ class PhantomConfig:
     test_fraction: float = 0.1
     jpeg_quality: int = 92
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("scans_per_patient", "cnv_lesions", "dme_cysts", "drusen_count"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi or (name == "scans_per_patient" and lo < 1):
+                raise ValueError(f"PhantomConfig.{name} must be an inclusive range, got {lo, hi}")
+        if min(self.n_normal_patients, self.n_patients_per_disease) < 0 or self.seed < 0:
+            raise ValueError("patient counts and seed must be non-negative")
+        if not (0.0 <= self.wide_fraction <= 1.0 and 0.0 <= self.test_fraction <= 1.0):
+            raise ValueError("wide_fraction and test_fraction must lie in [0, 1]")
+        if self.severity <= 0 or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("severity must be positive and jpeg_quality in 1..100")
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,7 @@ class _Scene:
     shadow: np.ndarray  # (wl,) multiplier below Bruch's membrane
     # (x, host layer index, x radius, y radius in px, kind, reflectivity)
     ellipses: list[tuple[float, int, float, float, str, float]]
+    base_thick: np.ndarray  # (n_layers,) px, healthy thickness away from the fovea
     bounds: np.ndarray | None = None  # (n_layers + 2, wl): ILM .. Bruch, choroid bottom
     gain: float = 1.0
 
@@ -197,8 +213,14 @@ def _smooth_noise(rng: np.random.Generator, n: int, width: float) -> np.ndarray:
     return np.convolve(rng.standard_normal(n + 2 * k).astype(np.float32), ker, "valid")
 
 
+def _clip(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``np.clip`` for small arrays, without its per-call dispatch overhead."""
+    return np.minimum(np.maximum(a, lo), hi)
+
+
 def _dome(s: np.ndarray, c: float, r: float, p: float = 0.6) -> np.ndarray:
-    return np.clip(1.0 - ((s - c) / r) ** 2, 0.0, 1.0) ** p
+    """Dome profile (1 - x^2)^p on [c - r, c + r], zero outside."""
+    return _clip(1.0 - ((s - c) / r) ** 2, 0.0, 1.0) ** p
 
 
 def _base_scene(anatomy: Anatomy, rng: np.random.Generator, wl: int, height: int) -> _Scene:
@@ -214,11 +236,11 @@ def _base_scene(anatomy: Anatomy, rng: np.random.Generator, wl: int, height: int
         shape = shape + a * np.sin(2 * np.pi * (k + 1) * s + ph)
     bruch = anatomy.bruch_y * height + (shape + dy) * hs
 
-    thick = (_THICK * np.asarray(anatomy.layer_scale, np.float32) * anatomy.thickness)[:, None]
-    thick = np.repeat(thick, wl, axis=1)
+    base = _THICK * np.asarray(anatomy.layer_scale, np.float32) * anatomy.thickness
+    thick = np.repeat(base[:, None], wl, axis=1)
     d = s - fovea
     pitp = np.exp(-0.5 * (d / anatomy.pit_width) ** 2)
-    thick *= np.clip(1.0 - _FOVEA[:, None] * pit * pitp[None, :], 0.02, None)
+    thick *= np.maximum(1.0 - _FOVEA[:, None] * pit * pitp[None, :], 0.02)
     # NFL thickens towards the optic disc (nasal); GCL peaks on the parafoveal rim.
     nasal = 1.0 / (1.0 + np.exp(-anatomy.nasal_side * d / 0.1))
     thick[_L["NFL"]] *= 0.45 + 1.3 * nasal
@@ -229,7 +251,7 @@ def _base_scene(anatomy: Anatomy, rng: np.random.Generator, wl: int, height: int
     choroid = np.full(wl, anatomy.choroid * hs, np.float32)
     return _Scene(s, np.arange(height, dtype=np.float32), hs, float(fovea),
                   bruch.astype(np.float32), thick.astype(np.float32), refl, choroid,
-                  np.ones(wl, np.float32), [])
+                  np.ones(wl, np.float32), [], (base * hs).astype(np.float32))
 
 
 def _add_cnv(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
@@ -241,8 +263,8 @@ def _add_cnv(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
         main = i == 0
         offset = pat.normal(0.0, 0.05) if main else pat.choice((-1, 1)) * pat.uniform(0.12, 0.3)
         c = sc.fovea + offset
-        r = (pat.uniform(0.08, 0.16) if main else pat.uniform(0.04, 0.07)) * np.sqrt(sev)
-        h = (pat.uniform(35.0, 60.0) if main else pat.uniform(16.0, 28.0)) * sev * hs
+        r = (pat.uniform(0.09, 0.17) if main else pat.uniform(0.04, 0.07)) * np.sqrt(sev)
+        h = (pat.uniform(40.0, 65.0) if main else pat.uniform(16.0, 28.0)) * sev * hs
         fluid = pat.random() < (0.9 if main else 0.5)
         fr, fh, fo = pat.uniform(1.1, 1.7), pat.uniform(9.0, 20.0), pat.uniform(-0.9, 0.9)
         size = rng.uniform(0.75, 1.1)
@@ -250,12 +272,14 @@ def _add_cnv(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
         env = _dome(s, c, r * size, 0.7)
         rough = np.clip(1.0 + 0.2 * _smooth_noise(rng, len(s), 1.2 * len(s) / 128)
                         + 0.25 * _smooth_noise(rng, len(s), 4.0 * len(s) / 128), 0.4, 1.6)
-        sc.thick[_L["SHRM"]] += h * size * env * rough
-        # the retina drapes smoothly over the irregular top of the material
-        sc.thick[_L["ONL"]] += 0.5 * h * size * env * np.clip(1.4 - rough, 0.0, None)
-        shrm = rng.uniform(160.0, 220.0) * np.clip(1 + 0.2 * _smooth_noise(rng, len(s), 1.0),
+        shrm = h * size * env * rough
+        sc.thick[_L["SHRM"]] += shrm
+        # the retina drapes smoothly over the irregular material; fluid fills the gaps
+        drape = h * size * _dome(s, c, 1.4 * r * size, 1.0)
+        sc.thick[_L["SRF"]] += 0.8 * np.clip(drape - shrm, 0.0, None)
+        refl = rng.uniform(160.0, 220.0) * np.clip(1 + 0.2 * _smooth_noise(rng, len(s), 1.0),
                                                    0.6, 1.4)
-        sc.refl[_L["SHRM"]] = np.where(env > 0, shrm, sc.refl[_L["SHRM"]])
+        sc.refl[_L["SHRM"]] = np.where(env > 0, refl, sc.refl[_L["SHRM"]])
         sc.refl[_L["RPE"]] *= 1.0 - 0.45 * env  # disrupted RPE under the lesion
         sc.refl[_L["EZ"]] *= 1.0 - 0.6 * _dome(s, c, r * size * 1.3, 0.5)
         sc.thick[_L["ONL"]] += 0.25 * h * size * _dome(s, c, r * 1.6, 1.0)  # overlying oedema
@@ -275,32 +299,37 @@ def _add_dme(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
     sev, hs, s = cfg.severity, sc.hs, sc.s
     c = sc.fovea + pat.normal(0.0, 0.03)
     w = pat.uniform(0.1, 0.2)
-    amount = pat.uniform(0.6, 1.0) * sev * rng.uniform(0.8, 1.1)
-    env = np.exp(-0.5 * ((s - c) / w) ** 2)
+    amount = pat.uniform(0.8, 1.3) * sev * rng.uniform(0.8, 1.1)
+    env = np.exp(-0.5 * ((s - c) / w) ** 4)  # flat-topped oedema
     for name in ("INL", "OPL", "ONL"):
-        sc.thick[_L[name]] *= 1.0 + amount * env
+        i = _L[name]
+        sc.thick[i] += amount * env * sc.base_thick[i]  # smooth dome, not peaked at the pit
     # flatten the pit: restore part of the removed inner layers
     flat = min(1.0, pat.uniform(0.4, 0.8) * sev)
     pitp = np.exp(-0.5 * ((s - sc.fovea) / 0.06) ** 2)
     for name in ("GCL", "IPL", "INL"):
         sc.thick[_L[name]] += flat * pitp * _THICK[_L[name]] * 0.6 * hs
     n = int(pat.integers(cfg.dme_cysts[0], cfg.dme_cysts[1] + 1))
+    swell = np.zeros((2, len(s)), np.float32)
     for _ in range(n):
         x = c + pat.normal(0.0, 0.08) + rng.normal(0.0, 0.008)
         onl = pat.random() < 0.6
-        rx = pat.uniform(0.03, 0.06) * np.sqrt(sev) * rng.uniform(0.75, 1.1)
-        ry = (pat.uniform(16.0, 32.0) if onl else pat.uniform(9.0, 16.0)) * sev * hs
+        rx = pat.uniform(0.04, 0.07) * np.sqrt(sev) * rng.uniform(0.75, 1.1)
+        ry = (pat.uniform(20.0, 38.0) if onl else pat.uniform(11.0, 19.0)) * sev * hs
         ry *= rng.uniform(0.7, 1.1)
         if rng.random() < 0.1:
             continue  # this B-scan misses the cyst
         host = _L["ONL" if onl else "INL"]
-        # the cyst swells its layer over a broader, smooth region
-        sc.thick[host] += 2.1 * ry * np.exp(-0.5 * ((s - x) / max(1.3 * rx, 0.03)) ** 2)
+        # the cyst swells its layer (neighbouring cysts share the swelling)
+        bump = 2.1 * ry * np.exp(-0.5 * ((s - x) / max(1.5 * rx, 0.05)) ** 4)
+        np.maximum(swell[int(onl)], bump, out=swell[int(onl)])
         sc.ellipses.append((x, host, rx, ry, "cyst", rng.uniform(3.0, 10.0)))
-    if pat.random() < 0.85:  # hard exudates / hyperreflective foci in the outer plexiform layer
+    sc.thick[_L["INL"]] += swell[0]
+    sc.thick[_L["ONL"]] += swell[1]
+    if pat.random() < 0.9:  # hard exudates / hyperreflective foci in the outer plexiform layer
         for _ in range(int(pat.integers(5, 15))):
-            sc.ellipses.append((c + pat.normal(0.0, 0.1), _L["OPL"], 0.01 * np.sqrt(sev),
-                                3.5 * hs * np.sqrt(sev), "dot", rng.uniform(210.0, 255.0)))
+            sc.ellipses.append((c + pat.normal(0.0, 0.1), _L["OPL"], 0.012 * np.sqrt(sev),
+                                4.0 * hs * np.sqrt(sev), "dot", rng.uniform(210.0, 255.0)))
     if pat.random() < 0.35:  # small serous detachment under the fovea
         sc.thick[_L["SRF"]] += pat.uniform(6.0, 14.0) * sev * hs * _dome(s, sc.fovea, 0.06, 0.5)
 
@@ -313,8 +342,8 @@ def _add_drusen(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
     total = np.zeros_like(s)
     for _ in range(n):
         c = sc.fovea + pat.uniform(-0.28, 0.28) + rng.normal(0.0, 0.006)
-        r = pat.uniform(0.025, 0.055) * np.sqrt(sev)
-        h = pat.uniform(16.0, 32.0) * sev * hs * rng.uniform(0.75, 1.1)
+        r = pat.uniform(0.028, 0.06) * np.sqrt(sev)
+        h = pat.uniform(20.0, 36.0) * sev * hs * rng.uniform(0.75, 1.1)
         total = np.maximum(total, h * _dome(s, c, r, 0.6))
     sc.thick[_L["SUB"]] += total
     sc.refl[_L["SUB"]] = rng.uniform(55.0, 85.0)
@@ -352,22 +381,22 @@ def _clean_image(sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> np.n
 
     y, s = sc.y, sc.s
     for x, where, rx, ry, _kind, value in sc.ellipses:
-        j = int(np.clip(round(x * wl - 0.5), 0, wl - 1))
+        j = min(max(round(x * wl - 0.5), 0), wl - 1)
         yc = 0.5 * (bounds[int(where), j] + bounds[int(where) + 1, j])
         r0, r1 = max(int(yc - ry - 2), 0), min(int(yc + ry + 3), h)
         c0, c1 = max(int((x - rx) * wl - 2), 0), min(int((x + rx) * wl + 3), wl)
         if r0 >= r1 or c0 >= c1:
             continue
         t = np.sqrt(((s[c0:c1, None] - x) / rx) ** 2 + ((y[None, r0:r1] - yc) / ry) ** 2)
-        m = np.clip((1.0 - t) * ry, 0.0, 1.0)  # ~1 px soft edge
+        m = _clip((1.0 - t) * ry, 0.0, 1.0)  # ~1 px soft edge
         img[c0:c1, r0:r1] += m * (value - img[c0:c1, r0:r1])
 
     # Below Bruch's membrane: choroidal vessel lumens, vertical streaks and lesion shadows, a
     # softer sclera below the choroid, then exponential attenuation with depth.
     hs = sc.hs
-    r0 = int(np.clip(np.floor(sc.bruch.min()), 0, h - 1))  # rows above r0 are all retina
+    r0 = min(max(int(np.floor(sc.bruch.min())), 0), h - 1)  # rows above r0 are all retina
     depth = y[None, r0:] - sc.bruch[:, None]
-    bank = _lumen_bank()
+    bank = _lumen_bank(1024 if h <= 1024 else 1 << (h - 1).bit_length())
     ox, oy = tex.integers(0, bank.shape[0] - wl + 1), tex.integers(0, bank.shape[1] - h + 1)
     lumen = bank[ox:ox + wl, oy + r0:oy + h][::1 if tex.random() < 0.5 else -1]
     lumen = lumen * np.clip((depth - 5.0 * hs) * (1.0 / (12.0 * hs)), 0.0, 1.0)
@@ -375,11 +404,11 @@ def _clean_image(sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> np.n
     sclera *= 1.0 / (25.0 * hs)
     sclera += 0.5
     np.clip(sclera, 0.0, 1.0, out=sclera)
-    streak = 1.0 + 0.14 * np.clip(_smooth_noise(tex, wl, 0.7), -2.0, 2.0)
+    streak = 1.0 + 0.14 * _clip(_smooth_noise(tex, wl, 0.7), -2.0, 2.0)
     below = 1.0 - 0.55 * lumen * (1.0 - 0.6 * sclera)
     below *= 1.0 - 0.45 * sclera
     below *= (streak * sc.shadow)[:, None]
-    att = np.clip(depth, 0.0, None)
+    att = np.maximum(depth, 0.0)
     att *= -1.0 / (_DEPTH_DECAY * hs)
     np.exp(att, out=att)
     sub = img[:, r0:]
@@ -397,7 +426,7 @@ def _clean_image(sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> np.n
     for v in anatomy.vessels:
         vshade *= 1.0 - 0.3 * np.exp(-0.5 * ((s - v - jitter) / 0.004) ** 2)
     gcl = bounds[_L["GCL"]]
-    r1 = int(np.clip(np.floor(gcl.min()), 0, h - 1))
+    r1 = min(max(int(np.floor(gcl.min())), 0), h - 1)
     m = y[None, r1:] - gcl[:, None]
     m += 0.5
     np.clip(m, 0.0, 1.0, out=m)
@@ -420,19 +449,20 @@ def _pixel_edges(h: int, wl: int) -> tuple[np.ndarray, np.ndarray]:
     return off, edges
 
 
-_WORKSPACES: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+_LOCAL = threading.local()
 
 
 def _workspace(width: int, height: int) -> dict[str, np.ndarray]:
-    """Reusable full-resolution buffers (fresh large arrays would page-fault on every scan)."""
-    ws = _WORKSPACES.get((width, height))
+    """Per-thread reusable full-resolution buffers (fresh large arrays page-fault every scan)."""
+    cache = _LOCAL.__dict__.setdefault("workspaces", {})
+    ws = cache.get((width, height))
     if ws is None:
-        if len(_WORKSPACES) > 4:
-            _WORKSPACES.clear()
+        if len(cache) > 4:
+            cache.clear()
         ws = {k: np.empty((width, height), np.float32) for k in "fgk"}
         ws.update(zv=np.empty((width + 1, height), np.int16), z=np.empty((width, height), np.int16),
                   u8=np.empty((width, height), np.uint8))
-        _WORKSPACES[(width, height)] = ws
+        cache[(width, height)] = ws
     return ws
 
 
@@ -445,7 +475,7 @@ def _noise_t(rng: np.random.Generator, ws: dict[str, np.ndarray]) -> tuple[np.nd
     """
     width, height = ws["z"].shape
     var_u = (256**2 - 1) / 12.0
-    u = rng.integers(0, 256, size=(width + 1, height + 2), dtype=np.uint8)
+    u = np.frombuffer(rng.bytes((width + 1) * (height + 2)), np.uint8).reshape(width + 1, -1)
     zv, z = ws["zv"], ws["z"]
     np.add(u[:, :-2], u[:, 2:], out=zv, dtype=np.int16)
     np.add(zv, u[:, 1:-1], out=zv, dtype=np.int16)
@@ -458,11 +488,11 @@ def _noise_t(rng: np.random.Generator, ws: dict[str, np.ndarray]) -> tuple[np.nd
     return z, float(np.sqrt(12.0 * var_u))
 
 
-@lru_cache(maxsize=1)
-def _lumen_bank() -> np.ndarray:
+@lru_cache(maxsize=2)
+def _lumen_bank(m: int = 1024) -> np.ndarray:
     """Fixed (lateral, depth) field of choroidal vessel lumens in [0, 1]; scans crop it."""
     rng = np.random.default_rng(20180601)
-    n, m = 1024, 1024
+    n = 1024
     coarse = _resize(rng.random((n // 4, m // 16), dtype=np.float32), n, m, smooth=True)
     fine = _resize(rng.random((n // 2, m // 8), dtype=np.float32), n, m, smooth=True)
     return np.clip((0.92 - coarse - 0.6 * fine) * 3.0, 0.0, 1.0).astype(np.float32)
@@ -479,7 +509,7 @@ def _scene(label: str, anatomy: Anatomy, rng: np.random.Generator, width: int, h
         raise ValueError(f"unknown label {label!r}; expected one of {CLASSES}")
     seeds = rng.integers(0, 2**63 - 1, size=5)
     streams = [np.random.default_rng(int(x)) for x in seeds]
-    sc = _base_scene(anatomy, streams[0], max(16, width // _DS), height)
+    sc = _base_scene(anatomy, streams[0], max(16, min(width // _DS, _MAX_COLS)), height)
     sc.gain = anatomy.gain * float(np.exp(streams[0].normal(0.0, 0.04)))
     if label != "NORMAL":
         pat = np.random.default_rng([anatomy.lesion_seed, CLASSES.index(label)])
@@ -679,7 +709,8 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
     Args:
         root: Dataset folder; ``train/`` and ``test/`` are created inside.
         config: Phantom parameters.
-        workers: Worker processes (1: generate in this process).
+        workers: Worker processes (1: generate in this process). Others are spawned, so a
+            calling script needs the usual ``if __name__ == "__main__":`` guard.
 
     Returns:
         Summary: counts per class and split, patients per class, n_files, seconds, config,
@@ -711,6 +742,9 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
                          "folder. Choose another folder or delete this one.")
 
     t0 = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("*/*/.*.tmp"):  # left by an interrupted run
+        stale.unlink(missing_ok=True)
     for p in plan:
         (root / p.split / p.label).mkdir(parents=True, exist_ok=True)
     _write_atomic(partial_path, json.dumps({"config": want,

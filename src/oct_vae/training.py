@@ -301,6 +301,12 @@ class Trainer:
         world: ``(rank, world_size)`` for data-parallel training; the caller has set up
             ``torch.distributed`` when ``world_size > 1`` (see ``oct_vae.distributed``).
         device: Overrides ``config.device`` (each rank passes its own GPU).
+
+    Attributes:
+        model: The VAE being trained (on the device; synchronised batch norm with DDP).
+        train_step: Eager ``(x, eps) -> [recon, kl, total]`` module (DDP-wrapped when
+            ``world_size > 1``); used for the short last batch of an epoch.
+        step_model: The same step for full batches, compiled when ``compile`` is on.
     """
 
     def __init__(
@@ -328,6 +334,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.model = VAE(model_config).to(self.device)
+        # Decoder starts at the training set's mean grey level (see VAE.init_output_bias).
+        self.model.init_output_bias(_mean_intensity(train_images))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         step: torch.nn.Module = _TrainStep(self.model, config, self.amp, self.device.type)
@@ -534,7 +542,7 @@ class Trainer:
             return None
         return tqdm(
             total=total, desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
-            leave=False, file=sys.stderr, mininterval=1.0,
+            leave=False, file=sys.stderr, mininterval=1.0, disable=None,  # off when not a TTY
         )
 
     def _state(self, epoch: int) -> dict[str, Any]:
@@ -663,6 +671,14 @@ def _try_compile(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
             return module(*args)
 
     return step
+
+
+def _mean_intensity(images: np.ndarray, chunk: int = 4096) -> float:
+    """Mean grey level of uint8 images in [0, 1], in chunks (memory-mapped arrays welcome)."""
+    total = sum(
+        float(images[i : i + chunk].sum(dtype=np.float64)) for i in range(0, len(images), chunk)
+    )
+    return total / (255.0 * max(images.size, 1))
 
 
 def _check_images(images: np.ndarray, size: int, name: str, allow_empty: bool) -> None:

@@ -41,8 +41,14 @@ def run_session(project: Path, env: str = "tiny", **kwargs):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    import mlflow
+
     old = Path.cwd()
     os.chdir(project)
+    # MLflow keeps finished runs on its active-run stack in this process; a later session
+    # would log into them. Each test session run starts from an empty stack.
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
     try:
         bootstrap_project(project)
         with KedroSession.create(

@@ -17,10 +17,11 @@ from oct_vae.evaluation import (
     PAPER_COLUMNS,
     ROW_NAMES,
     auc_table,
-    bootstrap_auc,
+    bootstrap_auc_draws,
     format_cell,
     group_auc,
     group_auprc,
+    interval,
     metric_key,
     patient_level,
     sensitivity_at_threshold,
@@ -32,6 +33,8 @@ from oct_vae.training import resolve_device
 log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("path", "label", "patient_id")
+# New scores are compared with the paper's best score, paired over bootstrap resamples.
+REFERENCE_SCORE = "reconstruction"
 
 
 def _split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -135,9 +138,21 @@ def build_statistical_report(
             lab, pat, sc = labels, patients, scores
         else:
             lab, pat, sc = patient_level(labels, patients, scores)
-        cis = bootstrap_auc(lab, pat, sc, columns, n_resamples=n_bootstrap, seed=seed)
+        draws = bootstrap_auc_draws(lab, pat, sc, columns, n_resamples=n_bootstrap, seed=seed)
         for n in names:
             for col in columns:
+                ref = sc.get(REFERENCE_SCORE)
+                delta = (
+                    group_auc(lab, sc[n], col) - group_auc(lab, ref, col)
+                    if ref is not None
+                    else np.nan
+                )
+                # paired: the same resamples for both scores
+                delta_ci = (
+                    interval(draws[n][col] - draws[REFERENCE_SCORE][col])
+                    if ref is not None
+                    else (np.nan, np.nan)
+                )
                 records.append(
                     {
                         "level": level,
@@ -145,8 +160,11 @@ def build_statistical_report(
                         "score_key": n,
                         "column": col,
                         "auc": group_auc(lab, sc[n], col),
-                        "ci_low": cis[n][col][0],
-                        "ci_high": cis[n][col][1],
+                        "ci_low": interval(draws[n][col])[0],
+                        "ci_high": interval(draws[n][col])[1],
+                        "delta_vs_reconstruction": delta,
+                        "delta_ci_low": delta_ci[0],
+                        "delta_ci_high": delta_ci[1],
                         "auprc": group_auprc(lab, sc[n], col),
                         "threshold": thresholds[n],
                         "sensitivity": sensitivity_at_threshold(lab, sc[n], thresholds[n], col),
@@ -167,7 +185,11 @@ def build_statistical_report(
                     "value": float(value),
                     "step": 0,
                 }
-        for kind, value in (("auprc", r.auprc), ("sens_at_spec", r.sensitivity)):
+        for kind, value in (
+            ("auprc", r.auprc),
+            ("sens_at_spec", r.sensitivity),
+            ("delta_auc", r.delta_vs_reconstruction),
+        ):
             if np.isfinite(value):
                 key = metric_key(
                     kind if r.level == "image" else f"patient_{kind}", r.score_key, r.column
@@ -197,6 +219,20 @@ def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) 
         for score, grp in sub.groupby("score", sort=False):
             cells = {r.column: format_cell(r.auc, (r.ci_low, r.ci_high)) for r in grp.itertuples()}
             parts.append(f"| {score} | " + " | ".join(cells[c] for c in columns) + " |")
+    parts += [
+        "",
+        "## Difference to the paper's reconstruction score, All column (paired bootstrap)",
+        "",
+        "| score | image level | patient level |",
+        "|---|---|---|",
+    ]
+    allcol = report[report["column"] == "All"]
+    for score, grp in allcol.groupby("score", sort=False):
+        cells = []
+        for level in ("image", "patient"):
+            r = grp[grp["level"] == level].iloc[0]
+            cells.append(_delta_cell(r.delta_vs_reconstruction, r.delta_ci_low, r.delta_ci_high))
+        parts.append(f"| {score} | " + " | ".join(cells) + " |")
     sub = report[report["level"] == "image"]
     parts += [
         "",
@@ -220,6 +256,13 @@ def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) 
             + f" | {format_cell(grp['test_specificity'].iloc[0])} |"
         )
     return "\n".join(parts) + "\n"
+
+
+def _delta_cell(delta: float, low: float, high: float) -> str:
+    if not np.isfinite(delta):
+        return "n/a"
+    better = " (better)" if low > 0 else " (worse)" if high < 0 else ""
+    return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}]{better}"
 
 
 def plot_reconstructions(

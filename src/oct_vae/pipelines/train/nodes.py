@@ -92,6 +92,7 @@ def calibrate_model(
     n_samples: int,
     batch_size: int,
     top_k_percent: float,
+    residual_sigma: float,
     seed: int,
     device: str,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
@@ -110,6 +111,7 @@ def calibrate_model(
         likelihood=tc["likelihood"],
         gaussian_sigma=tc["gaussian_sigma"],
         top_k_percent=top_k_percent,
+        residual_sigma=residual_sigma,
         seed=seed,
     )
     calibrated = calibrate_checkpoint(

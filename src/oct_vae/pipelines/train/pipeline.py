@@ -30,6 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:evaluate.n_samples",
                     "params:evaluate.batch_size",
                     "params:evaluate.top_k_percent",
+                    "params:evaluate.residual_sigma",
                     "params:seed",
                     "params:device",
                 ],

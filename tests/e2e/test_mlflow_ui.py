@@ -1,0 +1,159 @@
+"""The MLflow UI's server on the tiny project's tracking store: the run that `kedro run`
+logged shows its parameters, per-epoch loss curves, AUC metrics, figures and model
+(checked through the REST API the UI pages are drawn from; scripts/screenshots.py looks at
+the run page in a browser)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+# How long the server may take to answer /health on a busy 2-core machine (~15 s idle).
+SERVER_START_S = 90
+LOSSES = ["train_total", "val_total", "train_recon", "val_recon", "train_kl", "val_kl"]
+FIGURES = ["reconstruction_grid.png", "roc_curves.png", "score_distributions.png"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its uvicorn worker: the process group this test started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(tiny_project, tmp_path_factory) -> Iterator[str]:
+    """``mlflow server`` (what ``kedro mlflow ui`` starts, with one worker instead of four)
+    on the tiny project's SQLite store, bound to 127.0.0.1; yields its base URL."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    workdir = tmp_path_factory.mktemp("mlflow_ui")
+    log = workdir / "server.log"
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        tiny_project.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for_health(proc, url, log)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _wait_for_health(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"mlflow server not up after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def _api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    api = f"{url}/api/2.0/mlflow/{endpoint}"
+    if body is None:
+        answer = requests.get(api, params=query, timeout=30)
+    else:
+        answer = requests.post(api, json=body, timeout=30)
+    assert answer.status_code == 200, f"{endpoint}: {answer.text[:500]}"
+    return answer.json()
+
+
+@pytest.fixture(scope="module")
+def default_run(mlflow_ui) -> dict:
+    """The project's experiment and its first run: the full `kedro run --env tiny`."""
+    experiment = _api(mlflow_ui, "experiments/get-by-name", experiment_name="oct-vae")["experiment"]
+    search = {"experiment_ids": [experiment["experiment_id"]], "order_by": ["start_time ASC"]}
+    runs = _api(mlflow_ui, "runs/search", search)["runs"]
+    assert runs, "the experiment has no run"
+    return runs[0]
+
+
+def test_the_ui_serves_the_project_experiment_and_its_run(mlflow_ui, default_run):
+    page = requests.get(mlflow_ui, timeout=30)
+    assert page.status_code == 200 and '<div id="root"' in page.text  # the React app
+    info = default_run["info"]
+    assert info["status"] == "FINISHED" and info["run_name"] == "__default__"
+    tags = {t["key"]: t["value"] for t in default_run["data"]["tags"]}
+    assert tags["env"] == "tiny" and tags["kedro_command"].startswith("kedro run")
+
+
+def test_the_run_shows_parameters_loss_curves_and_auc_metrics(mlflow_ui, default_run):
+    run_id = default_run["info"]["run_id"]
+    params = {p["key"]: p["value"] for p in default_run["data"]["params"]}
+    # the project's parameters, flattened (conf/tiny overrides width and epochs)
+    assert params["train.width"] == "4" and params["train.epochs"] == "2"
+    assert params["train.lr"] == "0.0001" and params["seed"] == "2024"
+    assert params["ingest.test_per_disease"] == "8"
+
+    for key in LOSSES:  # one point per epoch, step = epoch
+        history = _api(mlflow_ui, "metrics/get-history", run_id=run_id, metric_key=key)["metrics"]
+        assert [m["step"] for m in sorted(history, key=lambda m: m["step"])] == [1, 2], key
+        assert all(math.isfinite(m["value"]) for m in history), key
+
+    metrics = {m["key"]: m["value"] for m in default_run["data"]["metrics"]}
+    for score in ("reconstruction", "kl", "vae"):
+        for group in ("cnv", "dme", "drusen", "all"):
+            assert 0.0 <= metrics[f"auc_{score}_{group}"] <= 1.0, (score, group)
+
+
+def test_the_run_shows_its_figures_and_model(mlflow_ui, default_run):
+    run_id = default_run["info"]["run_id"]
+    root = _api(mlflow_ui, "artifacts/list", run_id=run_id)["files"]
+    assert {"checkpoint", "evaluation", "figures", "training"} <= {f["path"] for f in root}
+    figures = _api(mlflow_ui, "artifacts/list", run_id=run_id, path="figures")["files"]
+    sizes = {f["path"]: int(f["file_size"]) for f in figures}
+    assert set(sizes) >= {f"figures/{name}" for name in FIGURES}
+    assert all(sizes[f"figures/{name}"] > 10_000 for name in FIGURES)  # real PNGs
+
+    search = {"experiment_ids": [default_run["info"]["experiment_id"]]}
+    models = _api(mlflow_ui, "logged-models/search", search)["models"]
+    from_run = {m["info"]["name"] for m in models if m["info"].get("source_run_id") == run_id}
+    assert {"vae_pytorch", "oct_vae_scorer"} <= from_run
