@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU measurement, in one call (under 7 minutes on one H100 or H200):
+# The GPU measurement, in one call (steps 1-4 without 2b: 4 min 10 s on an H200, 2026-11-27;
+# the per-step limits below add up to 535 s; pass T_*=... to shorten them):
 #   1. naive vs project loop (eager and compiled) at batch 256 + eager batch-size sweep
 #   2. Trainer.fit, 40 epochs x 25,236 synthetic images, compiled: the 60 s target, end to end
+#   2b. the same with a checkpoint after the last epoch only (checkpoint_every = 40)
 #   3. Trainer.fit, 2 epochs, eager: the loop without torch.compile
 #   4. width 64: final val loss at batch 64 vs 256, lr 1e-4 and lr scaled with the batch
 # Each step has its own time limit, so a slow step cannot take the others' results with it.
@@ -44,6 +46,13 @@ stamp "2. Trainer.fit, $FIT_EPOCHS epochs x $FIT_IMAGES images, compiled"
 timeout "${T_FIT:-130}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile on \
     --fit-epochs "$FIT_EPOCHS" --fit-images "$FIT_IMAGES" --out "$OUT/fit_compiled.json" \
     "${EXTRA[@]}" 2>&1 | tee "$OUT/fit_compiled.log"
+echo "exit ${PIPESTATUS[0]}"
+
+stamp "2b. the same, checkpoint after the last epoch only"
+timeout "${T_FIT2:-100}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile on \
+    --fit-epochs "$FIT_EPOCHS" --fit-images "$FIT_IMAGES" --checkpoint-every "$FIT_EPOCHS" \
+    --out "$OUT/fit_compiled_ckpt_last.json" "${EXTRA[@]}" 2>&1 \
+    | grep -v "oct_vae.training: epoch" | tee "$OUT/fit_compiled_ckpt_last.log"
 echo "exit ${PIPESTATUS[0]}"
 
 stamp "3. Trainer.fit, 2 epochs x $FIT_IMAGES images, eager"

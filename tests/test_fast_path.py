@@ -128,6 +128,28 @@ def test_nan_guard_names_epoch_and_batch_after_the_checkpoint_is_written(data, t
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
 
 
+def test_sparser_checkpoints_resume_to_the_same_weights_and_name_the_saved_epoch(data, tmp_path):
+    train, val = data
+    full = train_vae(train, val, MODEL, _cfg(epochs=4))
+    trainer = Trainer(train, val, MODEL, _cfg(epochs=4, checkpoint_dir=str(tmp_path),
+                                              checkpoint_every=2))
+    original, calls = trainer.step_model, {"n": 0}
+
+    def poison(x, eps):
+        calls["n"] += 1
+        terms = original(x, eps)
+        return terms * float("nan") if calls["n"] == 7 else terms  # epoch 4, batch 1
+
+    trainer.step_model = poison
+    with pytest.raises(NonFiniteLossError, match=r"epoch 4, batch 1/3.*after epoch 2\)"):
+        trainer.fit()  # epoch 3 was trained but not written
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
+    again = _cfg(epochs=4, checkpoint_dir=str(tmp_path), resume=True, checkpoint_every=3)
+    resumed = train_vae(train, val, MODEL, again)
+    assert _max_diff(full.checkpoint["state_dict"], resumed.checkpoint["state_dict"]) == 0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 4  # the last one
+
+
 def test_devices_setting_is_validated():
     assert _cfg(devices="auto").devices == "auto"
     for bad in (0, -1, True, "two", 1.5):

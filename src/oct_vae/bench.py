@@ -316,6 +316,7 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         config = replace(
             _train_config(args, args.batch_size, compile_),
             epochs=args.fit_epochs, checkpoint_dir=tmp, progress=False,
+            checkpoint_every=args.checkpoint_every,
         )
         _sync(device)
         t0 = time.perf_counter()
@@ -332,6 +333,7 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "n_train": n_train,
             "n_val": n_val,
             "compile": compile_,
+            "checkpoint_every": args.checkpoint_every,
             "wall_s": wall,
             "train_s": sum(h["seconds"] for h in history),
             "first_epoch_s": history[0]["seconds"],
@@ -434,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-epochs", type=int, default=0,
                    help="instead: run Trainer.fit for this many epochs on synthetic data")
     p.add_argument("--fit-images", type=int, default=PAPER_IMAGES)
+    p.add_argument("--checkpoint-every", type=int, default=1,
+                   help="fit runs: write the checkpoint every this many epochs")
     p.add_argument("--quality", action="store_true",
                    help="instead: final val loss per batch size (--batch-sizes) and amp")
     p.add_argument("--data", default="synthetic", choices=("synthetic", "phantom"))
