@@ -38,10 +38,9 @@ def make_project_copy(dest: Path) -> Path:
 
 def run_session(project: Path, env: str = "tiny", **kwargs):
     """Run a KedroSession in ``project`` (cwd switched there, restored afterwards)."""
+    import mlflow
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-
-    import mlflow
 
     old = Path.cwd()
     os.chdir(project)
