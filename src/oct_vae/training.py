@@ -6,7 +6,7 @@ stands between the data and the model. On CUDA the step runs under bf16 autocast
 channels-last memory, cuDNN autotuning and a fused Adam, through ``torch.compile`` (model
 and loss in one graph; the short last batch of an epoch runs eagerly so it never triggers
 a recompilation). On a CPU with native bf16 instructions (AVX512-BF16 or AMX) the step
-also runs under bf16 autocast, which roughly halves its time (``docs/performance.md``).
+also runs under bf16 autocast, which roughly halves its time (README, "Performance").
 
 Every epoch ends with a validation pass and an atomic checkpoint (model, optimiser,
 history, best weights so far), written by a background thread from a snapshot so that

@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 
 from oct_vae.detector import calibrate_checkpoint
+from oct_vae.distributed import launched_by_torchrun, train_distributed
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.scores import ScoreConfig
-from oct_vae.training import TrainConfig, load_model, resolve_device
+from oct_vae.training import TrainConfig, Trainer, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,9 @@ def train_vae(
         MLflow metric histories.
     """
     model_config, config = split_train_params(params, int(train_images.shape[1]), seed, device)
-    devices = getattr(config, "devices", 1)
-    if devices not in (1, "1"):
-        from oct_vae.distributed import train_distributed
-
-        result = train_distributed(train_images, val_images, model_config, config, devices)
+    if config.devices not in (1, "1") or launched_by_torchrun():
+        result = train_distributed(train_images, val_images, model_config, config, config.devices)
     else:
-        from oct_vae.training import Trainer
-
         result = Trainer(train_images, val_images, model_config, config).fit()
     history = pd.DataFrame(result.history)
     meta = result.checkpoint["metadata"]
