@@ -41,3 +41,14 @@ def kermany_sample_dir() -> Path:
     if not KERMANY_SAMPLE.is_dir():
         pytest.skip(f"real Kermany sample not found at {KERMANY_SAMPLE}")
     return KERMANY_SAMPLE.resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_untouched():
+    """Tests write only to temporary folders: the repository's own MLflow store must not
+    be created or modified by the suite."""
+    store = Path(__file__).resolve().parents[1] / "mlflow.db"
+    before = store.stat().st_mtime_ns if store.exists() else None
+    yield
+    after = store.stat().st_mtime_ns if store.exists() else None
+    assert after == before, f"the test suite wrote to {store}"

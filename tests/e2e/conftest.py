@@ -45,9 +45,10 @@ def run_session(project: Path, env: str = "tiny", **kwargs):
     old = Path.cwd()
     os.chdir(project)
     # MLflow keeps finished runs on its active-run stack in this process; a later session
-    # would log into them. Each test session run starts from an empty stack.
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
+    # would log into them, and MLflow's exit handler would end them against whatever
+    # tracking URI is set by then (by default ./mlflow.db: a file in the repository).
+    # Each session run starts and ends with an empty stack.
+    _end_active_runs(mlflow)
     try:
         bootstrap_project(project)
         with KedroSession.create(
@@ -55,7 +56,13 @@ def run_session(project: Path, env: str = "tiny", **kwargs):
         ) as session:
             return session.run(**kwargs)
     finally:
+        _end_active_runs(mlflow)
         os.chdir(old)
+
+
+def _end_active_runs(mlflow) -> None:
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
 
 
 @pytest.fixture(scope="session")
