@@ -28,9 +28,7 @@ import copy
 import inspect
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from oct_vae.fileio import atomic_write
 from oct_vae.losses import check_likelihood, negative_elbo
 from oct_vae.model import VAE, VAEConfig
 
@@ -227,19 +226,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     model = getattr(model, "module", model)  # DistributedDataParallel
@@ -247,17 +233,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -450,8 +426,13 @@ class Trainer:
         if self.rank == 0:
             log.info(
                 "epoch %d/%d  train %.1f (recon %.1f, kl %.1f)  val %.1f  %.0f img/s",
-                epoch, cfg.epochs, train_stats["total"], train_stats["recon"],
-                train_stats["kl"], val_stats["total"], row["images_per_s"],
+                epoch,
+                cfg.epochs,
+                train_stats["total"],
+                train_stats["recon"],
+                train_stats["kl"],
+                val_stats["total"],
+                row["images_per_s"],
             )
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
                 self._save_last(epoch)
@@ -549,8 +530,13 @@ class Trainer:
         except ImportError:  # tqdm is optional for a bare benchmark box
             return None
         return tqdm(
-            total=total, desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
-            leave=False, file=sys.stderr, mininterval=1.0, disable=None,  # off when not a TTY
+            total=total,
+            desc=f"epoch {epoch}/{self.config.epochs}",
+            unit="batch",
+            leave=False,
+            file=sys.stderr,
+            mininterval=1.0,
+            disable=None,  # off when not a TTY
         )
 
     def _state(self, epoch: int) -> dict[str, Any]:

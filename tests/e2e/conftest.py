@@ -4,7 +4,11 @@ project, shared by the end-to-end tests: ingest, train, evaluate, MLflow include
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
+import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +79,29 @@ def tiny_project(tmp_path_factory) -> Iterator[TinyProject]:
     run_session(project)
     yield TinyProject(project)
     mlflow.set_tracking_uri(previous)
+
+
+def free_port() -> int:
+    """A free local port below 49152 (kedro-viz refuses higher ones, which the OS may pick)."""
+    for _ in range(100):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True`` and every process it spawned."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

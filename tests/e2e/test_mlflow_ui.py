@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.e2e.conftest import free_port, stop_process_group
+
 pytestmark = pytest.mark.slow
 
 # How long the server may take to answer /health on a busy 2-core machine (~15 s idle).
@@ -26,30 +26,11 @@ LOSSES = ["train_total", "val_total", "train_recon", "val_recon", "train_kl", "v
 FIGURES = ["reconstruction_grid.png", "roc_curves.png", "score_distributions.png"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn worker: the process group this test started."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(tiny_project, tmp_path_factory) -> Iterator[str]:
     """``mlflow server`` (what ``kedro mlflow ui`` starts, with one worker instead of four)
     on the tiny project's SQLite store, bound to 127.0.0.1; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     workdir = tmp_path_factory.mktemp("mlflow_ui")
     log = workdir / "server.log"
@@ -79,7 +60,7 @@ def mlflow_ui(tiny_project, tmp_path_factory) -> Iterator[str]:
         _wait_for_health(proc, url, log)
         yield url
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def _wait_for_health(proc: subprocess.Popen, url: str, log: Path) -> None:

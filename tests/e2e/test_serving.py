@@ -8,8 +8,6 @@ import contextlib
 import glob
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +25,7 @@ from PIL import Image
 
 from oct_vae.hooks import MissingInputsError
 from tests.conftest import KERMANY_SAMPLE
-from tests.e2e.conftest import make_project_copy, run_session
+from tests.e2e.conftest import free_port, make_project_copy, run_session, stop_process_group
 
 MODEL_NAME = "oct_vae_scorer"
 SCORES = ["reconstruction", "kl", "vae"]
@@ -166,12 +164,6 @@ def test_logged_model_gives_the_score_pipelines_scores(tiny_project, scan_folder
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_for_health(proc: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
@@ -191,7 +183,7 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_res
     (an ``error`` on the rows that cannot be scored), HTTP 400 for an empty request."""
     _, model = _latest_scorer(tiny_project)
     bin_dir = Path(sys.executable).parent
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -255,20 +247,7 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_res
         assert again.status_code == 200
         assert again.json()["predictions"][0]["vae"] == rows[0]["vae"]
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn worker: the process group this test started."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        stop_process_group(proc)
 
 
 def test_score_without_a_model_names_the_train_command(tmp_path, scan_folder):

@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import glob
 import os
-import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+
+from tests.e2e.conftest import free_port, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -44,32 +43,6 @@ def offline_env() -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    """A free port below 49152: kedro-viz refuses ports above (the OS's own pick may be)."""
-    for _ in range(100):
-        port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop ``kedro viz run`` and the server process it spawned (one process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 def _latest(project: Path, pattern: str) -> Path:
     files = sorted(glob.glob(str(project / pattern)))
     assert files, f"nothing matches {pattern}"
@@ -79,7 +52,7 @@ def _latest(project: Path, pattern: str) -> Path:
 @pytest.fixture(scope="module")
 def viz(tiny_project, tmp_path_factory) -> Iterator[str]:
     """``kedro viz run --env tiny`` in the tiny project; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("viz") / "viz.log"
     cmd = [
@@ -107,7 +80,7 @@ def viz(tiny_project, tmp_path_factory) -> Iterator[str]:
         _wait_for_api(proc, url, log)
         yield url
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def _wait_for_api(proc: subprocess.Popen, url: str, log: Path) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io.core import AbstractVersionedDataset, Version
+
+from oct_vae.fileio import atomic_write
 
 
 class LocalVersionedDataset(AbstractVersionedDataset[Any, Any]):
@@ -50,19 +51,3 @@ class LocalVersionedDataset(AbstractVersionedDataset[Any, Any]):
     def _save_atomically(self, data: Any, write: Callable[[Path, Any], None]) -> None:
         path = Path(str(self._get_save_path()))
         atomic_write(path, lambda tmp: write(tmp, data))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
