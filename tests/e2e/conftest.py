@@ -72,13 +72,11 @@ def _end_active_runs(mlflow) -> None:
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Iterator[TinyProject]:
     """A temporary project after one full `kedro run --env tiny`."""
-    import mlflow
-
     project = make_project_copy(tmp_path_factory.mktemp("tiny_project"))
-    previous = mlflow.get_tracking_uri()
     run_session(project)
+    # The tracking URI stays on this temporary project: resetting it to MLflow's default
+    # (./mlflow.db) would let MLflow's exit handler write into the repository.
     yield TinyProject(project)
-    mlflow.set_tracking_uri(previous)
 
 
 def free_port() -> int:
