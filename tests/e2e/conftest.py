@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +104,24 @@ def stop_process_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def wait_for_http(
+    proc: subprocess.Popen, url: str, log: Path, what: str, timeout_s: float = 90
+) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if ``proc`` exits or
+    ``timeout_s`` passes. (A launcher may exit while its server runs on, so the URL is
+    asked first.)"""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=10).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+    pytest.fail(f"{what} not up after {timeout_s} s:\n{log.read_text()[-3000:]}")

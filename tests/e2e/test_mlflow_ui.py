@@ -9,14 +9,13 @@ import math
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.conftest import free_port, stop_process_group
+from tests.e2e.conftest import free_port, stop_process_group, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -57,24 +56,10 @@ def mlflow_ui(tiny_project, tmp_path_factory) -> Iterator[str]:
             cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_for_health(proc, url, log)
+        wait_for_http(proc, f"{url}/health", log, "mlflow server", SERVER_START_S)
         yield url
     finally:
         stop_process_group(proc)
-
-
-def _wait_for_health(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not up after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
 
 
 def _api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -25,7 +24,13 @@ from PIL import Image
 
 from oct_vae.hooks import MissingInputsError
 from tests.conftest import KERMANY_SAMPLE
-from tests.e2e.conftest import free_port, make_project_copy, run_session, stop_process_group
+from tests.e2e.conftest import (
+    free_port,
+    make_project_copy,
+    run_session,
+    stop_process_group,
+    wait_for_http,
+)
 
 MODEL_NAME = "oct_vae_scorer"
 SCORES = ["reconstruction", "kl", "vae"]
@@ -164,20 +169,6 @@ def test_logged_model_gives_the_score_pipelines_scores(tiny_project, scan_folder
     ]
 
 
-def _wait_for_health(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"model server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"model server not up after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
-
-
 def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_results, tmp_path):
     """`mlflow models serve -m runs:/<id>/oct_vae_scorer`: HTTP 200 with one row per scan
     (an ``error`` on the rows that cannot be scored), HTTP 400 for an empty request."""
@@ -210,7 +201,7 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_res
             cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_for_health(proc, url, log)
+        wait_for_http(proc, f"{url}/health", log, "model server", SERVER_START_S)
         good = score_results[score_results["error"].isna()].iloc[0]
         payload = {
             "dataframe_split": {

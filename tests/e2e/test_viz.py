@@ -9,7 +9,6 @@ import glob
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.e2e.conftest import free_port, stop_process_group
+from tests.e2e.conftest import free_port, stop_process_group, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -77,24 +76,10 @@ def viz(tiny_project, tmp_path_factory) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        _wait_for_api(proc, url, log)
+        wait_for_http(proc, f"{url}/api/main", log, "kedro viz", VIZ_START_S)
         yield url
     finally:
         stop_process_group(proc)
-
-
-def _wait_for_api(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + VIZ_START_S
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/api/main", timeout=10).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None:  # `kedro viz run` stays until its server process ends
-            pytest.fail(f"kedro viz exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        time.sleep(1)
-    pytest.fail(f"kedro viz not up after {VIZ_START_S} s:\n{log.read_text()[-3000:]}")
 
 
 def _get(url: str) -> dict:
