@@ -104,6 +104,7 @@ def _torchrun_worker(rank: int, port: int, out: str) -> None:
                             world_size=2)
     trainer = Trainer(train[:16], val, MODEL, _cfg(), world=(rank, 2))
     torch.save(_first_step_grads(trainer), Path(out) / f"grads-{rank}.pt")
+    dist.barrier()  # no rank tears the group down while its peer still uses it
     dist.destroy_process_group()
 
 

@@ -205,10 +205,14 @@ def _train_torchrun(
         trainer = Trainer(
             train_images, val_images, model_config, config, world=(rank, world), device=device
         )
-        return trainer.fit()
-    finally:
+        result = trainer.fit()
+    except BaseException:
         if owns_group:
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    if owns_group:
+        _leave_group()
+    return result
 
 
 def _spawn_worker(
@@ -239,6 +243,14 @@ def _spawn_worker(
         message = {"type": type(err).__name__, "message": str(err)}
         (work / f"error-{rank}.json").write_text(json.dumps(message))
         raise
+    _leave_group()
+
+
+def _leave_group() -> None:
+    # Wait for every rank before tearing the group down: a rank that leaves while a peer
+    # still holds its gloo connections can make that peer abort at exit (seen with torch
+    # 2.14, about one run in three, when the process later joins another group).
+    dist.barrier()
     dist.destroy_process_group()
 
 
