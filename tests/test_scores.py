@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,18 @@ def test_filtered_residual_favours_contiguous_lesions_over_speckle():
     np.testing.assert_allclose(filtered_residual(x, x, 2.0), 0.0)
     # sigma 0 is the plain top-k residual
     np.testing.assert_allclose(filtered_residual(speckle, x, 0.0, 5), top_k_residual(speckle, x, 5))
+
+
+def test_filtered_score_has_its_own_k():
+    model, images = _model(), _images(4)
+    base = ScoreConfig(n_samples=2, batch_size=4, likelihood="bernoulli", seed=1,
+                       filtered_top_k_percent=5.0)
+    a = score_images(model, images, base, torch.device("cpu"))
+    b = score_images(model, images, replace(base, filtered_top_k_percent=1.0),
+                     torch.device("cpu"))
+    np.testing.assert_array_equal(a["topk_residual"], b["topk_residual"])
+    assert (b["filtered_residual"] > a["filtered_residual"]).all()  # fewer, larger pixels
+    for bad in (dict(filtered_top_k_percent=0.0), dict(top_k_percent=101.0),
+                dict(residual_sigma=-1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ScoreConfig(**bad)

@@ -170,7 +170,7 @@ def detector() -> AnomalyDetector:
     rng = np.random.default_rng(0)
     train = rng.integers(0, 255, (12, SIZE, SIZE), dtype=np.uint8)
     val = rng.integers(0, 255, (20, SIZE, SIZE), dtype=np.uint8)
-    calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 0, "cpu")
+    calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
     return AnomalyDetector(calibrated, "cpu")
 
 

@@ -57,8 +57,10 @@ class ScoreConfig:
         batch_size: Images per forward pass.
         likelihood: Pixel likelihood the model was trained with.
         gaussian_sigma: Pixel standard deviation of the Gaussian likelihood.
-        top_k_percent: k of the top-k residual scores.
+        top_k_percent: k of the top-k residual score.
         residual_sigma: Gaussian filter width (pixels) of the filtered residual score.
+        filtered_top_k_percent: k of the filtered residual score (its own: a smoothed map
+            concentrates a lesion in fewer pixels than the raw one).
         seed: Seeds the posterior samples, so scores are reproducible.
     """
 
@@ -67,14 +69,18 @@ class ScoreConfig:
     likelihood: str = "bernoulli"
     gaussian_sigma: float = 0.1
     top_k_percent: float = 5.0
-    residual_sigma: float = 2.0
+    residual_sigma: float = 1.0
+    filtered_top_k_percent: float = 0.25
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 or self.batch_size < 1:
             raise ValueError("n_samples and batch_size must be positive")
-        if not 0 < self.top_k_percent <= 100:
-            raise ValueError(f"top_k_percent must be in (0, 100], got {self.top_k_percent}")
+        for name in ("top_k_percent", "filtered_top_k_percent"):
+            if not 0 < getattr(self, name) <= 100:
+                raise ValueError(f"{name} must be in (0, 100], got {getattr(self, name)}")
+        if self.residual_sigma < 0:
+            raise ValueError(f"residual_sigma must be >= 0, got {self.residual_sigma}")
 
 
 @dataclass
@@ -300,7 +306,7 @@ def score_images(
         cols["vae"].append(s.vae.cpu().numpy())
         cols["topk_residual"].append(top_k_residual(xs, recon, config.top_k_percent))
         cols["filtered_residual"].append(
-            filtered_residual(xs, recon, config.residual_sigma, config.top_k_percent)
+            filtered_residual(xs, recon, config.residual_sigma, config.filtered_top_k_percent)
         )
         cols["structural_residual"].append(structural_residual(xs, recon))
         mu = s.mu.cpu().numpy()

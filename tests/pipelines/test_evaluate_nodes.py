@@ -28,7 +28,7 @@ def tiny_model_and_data():
     test = rng.integers(0, 255, (16, 128, 128), dtype=np.uint8)
     ckpt, history, metrics = train_vae(train, val, TRAIN, seed=0, device="cpu")
     assert len(history) == 1 and set(metrics) >= {"train_total", "val_total"}
-    model, network = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 0, "cpu")
+    model, network = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
     assert isinstance(network, torch.nn.Module)
     labels = ["NORMAL"] * 8 + ["CNV"] * 3 + ["DME"] * 3 + ["DRUSEN"] * 2
     manifest = pd.DataFrame(

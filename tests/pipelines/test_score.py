@@ -51,7 +51,7 @@ def vae_model() -> dict:
     rng = np.random.default_rng(0)
     train = rng.integers(0, 255, (12, 128, 128), dtype=np.uint8)
     val = rng.integers(0, 255, (20, 128, 128), dtype=np.uint8)
-    calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 0, "cpu")
+    calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
     return calibrated
 
 

@@ -89,6 +89,7 @@ def calibrate_model(
     batch_size: int,
     top_k_percent: float,
     residual_sigma: float,
+    filtered_top_k_percent: float,
     seed: int,
     device: str,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
@@ -108,6 +109,7 @@ def calibrate_model(
         gaussian_sigma=tc["gaussian_sigma"],
         top_k_percent=top_k_percent,
         residual_sigma=residual_sigma,
+        filtered_top_k_percent=filtered_top_k_percent,
         seed=seed,
     )
     calibrated = calibrate_checkpoint(

@@ -31,6 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:evaluate.batch_size",
                     "params:evaluate.top_k_percent",
                     "params:evaluate.residual_sigma",
+                    "params:evaluate.filtered_top_k_percent",
                     "params:seed",
                     "params:device",
                 ],
