@@ -53,9 +53,11 @@ def test_mlflow_run_has_params_loss_history_metrics_and_model(tiny_project):
         "figures/roc_curves.png",
         "figures/score_distributions.png",
     } <= figures
-    # the trained network as an MLflow PyTorch model, loadable
+    # the trained network as an MLflow PyTorch model, loadable (a models:/ URI is looked up
+    # in the global tracking store, which an earlier test may have pointed elsewhere)
     import mlflow.pytorch
 
+    mlflow.set_tracking_uri(tiny_project.tracking_uri)
     models = client.search_logged_models([run.info.experiment_id])
     assert any(m.name == "vae_pytorch" for m in models)
     net = mlflow.pytorch.load_model(next(m for m in models if m.name == "vae_pytorch").model_uri)

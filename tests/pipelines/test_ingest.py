@@ -299,7 +299,8 @@ def test_kermany_environment_on_the_real_sample(
     project = Path(__file__).resolve().parents[2]
     bootstrap_project(project)
     # Kedro makes the catalog's relative paths absolute under project_path, and MLflow's
-    # sqlite:///mlflow.db is relative to the working directory: point both at tmp_path.
+    # store is that of the project holding the working directory, else the working
+    # directory (settings.project_root): point both at tmp_path.
     monkeypatch.chdir(tmp_path)
     runtime_params = {
         "raw_dir": str(kermany_sample_dir),

@@ -1,0 +1,33 @@
+"""Project settings: where MLflow's store lives, whatever the working directory."""
+
+from pathlib import Path
+
+from kedro.config import OmegaConfigLoader
+
+from oct_vae.settings import CONFIG_LOADER_ARGS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mlflow_conf() -> dict:
+    loader = OmegaConfigLoader(
+        str(REPO / "conf"), env="base", config_patterns={"mlflow": ["mlflow*"]},
+        **CONFIG_LOADER_ARGS,
+    )
+    return loader["mlflow"]
+
+
+def test_mlflow_store_is_the_project_root_one_from_any_subfolder(monkeypatch):
+    expected = f"sqlite:///{REPO.resolve().as_posix()}/mlflow.db"
+    for cwd in (REPO, REPO / "notebooks", REPO / "src" / "oct_vae"):
+        monkeypatch.chdir(cwd)
+        conf = _mlflow_conf()
+        assert conf["server"]["mlflow_tracking_uri"] == expected
+        location = conf["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"]
+        assert location == f"{REPO.resolve().as_posix()}/mlruns"
+
+
+def test_outside_a_project_the_store_follows_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    uri = _mlflow_conf()["server"]["mlflow_tracking_uri"]
+    assert uri == f"sqlite:///{tmp_path.resolve().as_posix()}/mlflow.db"
