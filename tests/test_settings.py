@@ -24,10 +24,18 @@ def test_mlflow_store_is_the_project_root_one_from_any_subfolder(monkeypatch):
         conf = _mlflow_conf()
         assert conf["server"]["mlflow_tracking_uri"] == expected
         location = conf["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"]
-        assert location == f"{REPO.resolve().as_posix()}/mlruns"
+        assert location == f"{REPO.resolve().as_posix()}/mlruns/oct-vae"
 
 
 def test_outside_a_project_the_store_follows_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     uri = _mlflow_conf()["server"]["mlflow_tracking_uri"]
     assert uri == f"sqlite:///{tmp_path.resolve().as_posix()}/mlflow.db"
+
+
+def test_checkpoints_go_to_the_project_data_folder_from_any_subfolder(monkeypatch):
+    monkeypatch.chdir(REPO / "notebooks")
+    for env in ("base", "kermany", "tiny"):
+        loader = OmegaConfigLoader(str(REPO / "conf"), env=env, **CONFIG_LOADER_ARGS)
+        ckpt = Path(loader["parameters"]["train"]["checkpoint_dir"])
+        assert ckpt.is_absolute() and ckpt.parent == REPO.resolve() / "data" / "06_models", env
