@@ -26,15 +26,11 @@ import argparse
 import io
 import json
 import os
-import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +39,16 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from scripts.devtools import (  # noqa: E402
+    ServerError,
+    copy_project,
+    free_port,
+    stop_process_group,
+    wait_for_http,
+)
+
 BIN = Path(sys.executable).parent
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -103,19 +109,6 @@ def offline_env() -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    """A free port below 49152 (kedro-viz refuses higher ones)."""
-    for _ in range(100):
-        port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found")
-
-
 @contextmanager
 def server(cmd: list[str], cwd: Path, ready_url: str, log: Path) -> Iterator[None]:
     """Run ``cmd`` in its own process group until ``ready_url`` answers 200; stop it after."""
@@ -130,35 +123,18 @@ def server(cmd: list[str], cwd: Path, ready_url: str, log: Path) -> Iterator[Non
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            try:
-                if requests.get(ready_url, timeout=10).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{cmd[0]} did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+        try:
+            wait_for_http(proc, ready_url, log, cmd[0], timeout_s=START_S)
+        except ServerError as err:
+            sys.exit(str(err))
         yield
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)
 
 
 def tiny_project(dest: Path) -> Path:
     """A copy of the project's configuration in ``dest`` after ``kedro run --env tiny``."""
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    shutil.copy(ROOT / ".telemetry", dest / ".telemetry")
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    for folder in ("conf/local", "src", "data"):
-        (dest / folder).mkdir(exist_ok=True)
+    copy_project(dest)
     print(f"kedro run --env tiny in {dest} (about a minute) ...")
     subprocess.run(
         [str(BIN / "kedro"), "run", "--env", "tiny"],

@@ -39,6 +39,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from scripts.devtools import copy_project  # noqa: E402
+
 SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0)
 K_PERCENTS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 BASE_PHANTOM_SEED = 2024  # conf/base/catalog.yml: the phantom whose test split is reported
@@ -48,13 +52,7 @@ def make_dev_project(dest: Path, seed: int) -> Path:
     """A project copy whose ``raw_scans`` is a phantom of ``seed`` (conf/local overrides)."""
     import yaml
 
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"),
-                    dirs_exist_ok=True)
-    (dest / "conf" / "local").mkdir(exist_ok=True)
-    (dest / "src").mkdir(exist_ok=True)  # Kedro checks that it exists; the package is installed
+    copy_project(dest)
     catalog = yaml.safe_load((ROOT / "conf" / "base" / "catalog.yml").read_text())
     raw = catalog["raw_scans"]
     raw["phantom"]["seed"] = seed

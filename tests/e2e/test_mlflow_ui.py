@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import free_port, stop_process_group, wait_for_http
+from scripts.devtools import free_port, stop_process_group
+from tests.e2e.conftest import wait_for_http
 
 pytestmark = pytest.mark.slow
 

@@ -23,14 +23,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from oct_vae.hooks import MissingInputsError
+from scripts.devtools import copy_project, free_port, stop_process_group
 from tests.conftest import KERMANY_SAMPLE
-from tests.e2e.conftest import (
-    free_port,
-    make_project_copy,
-    run_session,
-    stop_process_group,
-    wait_for_http,
-)
+from tests.e2e.conftest import run_session, wait_for_http
 
 MODEL_NAME = "oct_vae_scorer"
 SCORES = ["reconstruction", "kl", "vae"]
@@ -242,7 +237,7 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_res
 
 
 def test_score_without_a_model_names_the_train_command(tmp_path, scan_folder):
-    project = make_project_copy(tmp_path / "no_model")
+    project = copy_project(tmp_path / "no_model")
     try:
         with pytest.raises(MissingInputsError, match=r"vae_model.*kedro run --pipeline train"):
             run_session(

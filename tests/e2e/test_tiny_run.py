@@ -11,7 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from oct_vae.hooks import MissingInputsError
-from tests.e2e.conftest import make_project_copy, run_session
+from scripts.devtools import copy_project
+from tests.e2e.conftest import run_session
 
 
 def _latest(project, pattern):
@@ -110,7 +111,7 @@ def test_evaluate_reruns_on_its_own_with_the_latest_model(tiny_project):
 
 
 def test_evaluate_without_a_model_names_the_command_to_run(tmp_path):
-    project = make_project_copy(tmp_path / "empty")
+    project = copy_project(tmp_path / "empty")
     with pytest.raises(MissingInputsError, match="kedro run --pipeline ingest"):
         run_session(project, pipeline_names=["evaluate"])
     run_session(project, pipeline_names=["ingest"])

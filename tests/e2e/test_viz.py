@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.e2e.conftest import free_port, stop_process_group, wait_for_http
+from scripts.devtools import free_port, stop_process_group
+from tests.e2e.conftest import wait_for_http
 
 pytestmark = pytest.mark.slow
 
