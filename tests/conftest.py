@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from oct_vae.phantom import PhantomConfig, generate_phantom  # noqa: E402
 
@@ -25,6 +26,16 @@ TINY_PHANTOM = {
 
 # The real Kermany sample (32 scans, 8 per class), outside the repository.
 KERMANY_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-sample"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models or single images: as fast, and immune to
+    OpenMP spin-waits on a busy machine. Use with ``pytest.mark.usefixtures``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

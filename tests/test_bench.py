@@ -19,13 +19,7 @@ from oct_vae.model import VAE, VAEConfig
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is as fast, and immune to OpenMP spin-waits on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_step_flops_are_forward_plus_backward_of_the_paper_model():

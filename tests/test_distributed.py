@@ -32,13 +32,7 @@ MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is as fast, and immune to OpenMP spin-waits on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:

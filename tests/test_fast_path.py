@@ -16,13 +16,7 @@ from oct_vae.training import NonFiniteLossError, TrainConfig, Trainer, train_vae
 MODEL = VAEConfig(image_size=32, width=8, latent_dim=16, n_blocks=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is as fast, and immune to OpenMP spin-waits on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +106,22 @@ def test_resume_equals_uninterrupted_with_background_checkpoints(data, tmp_path)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 3
 
 
-def test_nan_guard_names_epoch_and_batch_after_the_checkpoint_is_written(data, tmp_path):
-    train, val = data
-    trainer = Trainer(train, val, MODEL, _cfg(epochs=3, checkpoint_dir=str(tmp_path)))
+def _poison_step(trainer: Trainer, step: int) -> None:
+    """Make the loss of the trainer's ``step``-th training step (from 1) NaN."""
     original, calls = trainer.step_model, {"n": 0}
 
     def poison(x, eps):
         calls["n"] += 1
         terms = original(x, eps)
-        return terms * float("nan") if calls["n"] == 4 else terms  # epoch 2, batch 2
+        return terms * float("nan") if calls["n"] == step else terms
 
     trainer.step_model = poison
+
+
+def test_nan_guard_names_epoch_and_batch_after_the_checkpoint_is_written(data, tmp_path):
+    train, val = data
+    trainer = Trainer(train, val, MODEL, _cfg(epochs=3, checkpoint_dir=str(tmp_path)))
+    _poison_step(trainer, 4)  # 3 batches per epoch: epoch 2, batch 2
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 2/3"):
         trainer.fit()
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
@@ -133,14 +132,7 @@ def test_sparser_checkpoints_resume_to_the_same_weights_and_name_the_saved_epoch
     full = train_vae(train, val, MODEL, _cfg(epochs=4))
     trainer = Trainer(train, val, MODEL, _cfg(epochs=4, checkpoint_dir=str(tmp_path),
                                               checkpoint_every=2))
-    original, calls = trainer.step_model, {"n": 0}
-
-    def poison(x, eps):
-        calls["n"] += 1
-        terms = original(x, eps)
-        return terms * float("nan") if calls["n"] == 7 else terms  # epoch 4, batch 1
-
-    trainer.step_model = poison
+    _poison_step(trainer, 7)  # epoch 4, batch 1
     with pytest.raises(NonFiniteLossError, match=r"epoch 4, batch 1/3.*after epoch 2\)"):
         trainer.fit()  # epoch 3 was trained but not written
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2

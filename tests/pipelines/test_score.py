@@ -33,13 +33,7 @@ HEATMAP_PNG_SIZE = (990, 352)
 MAX_PIXELS = 40_000_000
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Single images score much faster on one thread, above all on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
