@@ -4,15 +4,11 @@ and one result row per input."""
 from __future__ import annotations
 
 import base64
-import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from oct_vae import serving
 from oct_vae.detector import AnomalyDetector, operating_threshold
@@ -20,34 +16,13 @@ from oct_vae.imaging import RejectedScan, load_scan
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.pipelines.train.nodes import calibrate_model
 from oct_vae.training import TrainConfig, make_checkpoint
+from tests.test_imaging import encode, png_header_only
 
 SIZE = 128
 
 
-def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A valid PNG header declaring width x height pixels, with almost no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="module")
