@@ -14,6 +14,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from oct_vae import phantom as ph
+from oct_vae.fileio import temp_path
 from oct_vae.phantom import (
     CLASSES,
     PhantomConfig,
@@ -21,6 +22,7 @@ from oct_vae.phantom import (
     render_bscan,
     sample_anatomy,
 )
+from tests.test_fileio import dead_pid
 
 NAME_RE = re.compile(r"^(NORMAL|CNV|DME|DRUSEN)-\d+-\d+\.jpeg$")
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-sample"
@@ -130,10 +132,13 @@ def test_interrupted_generation_is_completed(tmp_path: Path) -> None:
         {"config": ph._config_dict(cfg), "format_version": ph.FORMAT_VERSION}))
     victim = root / sorted(reference)[0]
     victim.unlink()
-    stale = victim.with_name(f".{victim.name}.999.tmp")
+    stale = temp_path(victim, pid=dead_pid())  # a killed writer's leftover
     stale.write_bytes(b"half a jpeg")
+    live = temp_path(victim)  # a concurrent run's file in progress: kept
+    live.write_bytes(b"a jpeg being written")
     assert generate_phantom(root, cfg)["reused"] is False
-    assert not stale.exists()
+    assert not stale.exists() and live.exists()
+    live.unlink()
     assert _files(root) == reference and (root / ph.META_NAME).exists()
     # a missing file under a complete phantom.json is regenerated too
     victim.unlink()

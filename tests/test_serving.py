@@ -1,19 +1,36 @@
 """Tests of ``oct_vae.serving``: base64 request rows -> images or per-row errors, limits,
-and one result row per input."""
+and one result row per input; and of the served model as the model server runs it (the
+``inference`` pipeline in kedro-mlflow's ``KedroPipelineModel``, MLflow's scoring app
+hardened by ``oct_vae.serve``), in process."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import copy
+import json
+import logging
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Node, Pipeline
+from kedro.runner import SequentialRunner
+from kedro_datasets.pickle import PickleDataset
+from kedro_mlflow.mlflow import KedroPipelineModel
+from mlflow.exceptions import MlflowException
 
+import oct_vae.training
 from oct_vae import serving
 from oct_vae.detector import AnomalyDetector, operating_threshold
 from oct_vae.imaging import RejectedScan, load_scan
 from oct_vae.model import VAE, VAEConfig
+from oct_vae.pipelines.inference.nodes import score_request
+from oct_vae.pipelines.inference.pipeline import INPUT_NAME, SIGNATURE, bind_to_training
 from oct_vae.pipelines.train.nodes import calibrate_model
 from oct_vae.training import TrainConfig, make_checkpoint
 from tests.test_imaging import encode, png_header_only
@@ -137,7 +154,7 @@ def test_empty_and_oversized_requests_are_refused_as_a_whole():
 
 
 @pytest.fixture(scope="module")
-def detector() -> AnomalyDetector:
+def checkpoint() -> dict:
     """An untrained but calibrated small model: scores are arbitrary but real."""
     torch.manual_seed(0)
     config = VAEConfig(image_size=SIZE, width=2, latent_dim=8)
@@ -146,7 +163,12 @@ def detector() -> AnomalyDetector:
     train = rng.integers(0, 255, (12, SIZE, SIZE), dtype=np.uint8)
     val = rng.integers(0, 255, (20, SIZE, SIZE), dtype=np.uint8)
     calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
-    return AnomalyDetector(calibrated, "cpu")
+    return calibrated
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint) -> AnomalyDetector:
+    return AnomalyDetector(checkpoint, "cpu")
 
 
 def test_scored_rows_have_percentiles_threshold_flag_and_null_scores_on_errors(
@@ -220,3 +242,290 @@ def test_reading_a_path_string_as_bytes_never_touches_the_disk(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert "not an image" in _reason(name)
     assert not [p for p in opened if Path(p).name == name]
+
+
+# ------------------------------------------------- the inference node (the served model)
+
+MAX_REQUEST_BYTES = 200_000
+
+
+def _score(checkpoint, frame: pd.DataFrame, **kwargs):
+    return score_request(
+        checkpoint, frame, 40_000_000, 20_000_000, 64, "vae", 0.95, "cpu", **kwargs
+    )
+
+
+def test_the_total_base64_of_a_request_is_limited():
+    serving.check_payload(["A" * 60, "B" * 40, None, 7], max_bytes=100)
+    with pytest.raises(serving.BadRequest) as err:
+        serving.check_payload(["A" * 60, "B" * 41], max_bytes=100)
+    assert str(err.value).startswith("request too large: 101 bytes of base64 in image_b64")
+    assert "at most 100 per request (score.max_request_bytes)" in str(err.value)
+
+
+def test_a_request_over_max_request_bytes_is_refused_before_any_row_is_decoded(
+    checkpoint, scan_bytes, monkeypatch
+):
+    def never(*args, **kwargs):
+        raise AssertionError("a row was decoded, or the network built, for a refused request")
+
+    for name in ("decode_b64", "load_scan", "decode_request"):
+        monkeypatch.setattr(serving, name, never)
+    monkeypatch.setattr(serving.DETECTORS, "get", never)
+    half = "A" * (MAX_REQUEST_BYTES // 2)
+    frame = pd.DataFrame({"image_b64": [half, half, "AAAA"]})
+    with pytest.raises(MlflowException, match=r"request too large: 200,004 bytes.*") as err:
+        _score(checkpoint, frame, max_request_bytes=MAX_REQUEST_BYTES)
+    assert err.value.get_http_status_code() == 400
+    assert "at most 200,000 per request (score.max_request_bytes)" in err.value.message
+    monkeypatch.undo()
+    text = b64(scan_bytes)
+    out = _score(checkpoint, pd.DataFrame({"image_b64": [text]}), max_request_bytes=len(text))
+    assert out["error"].tolist() == [None]
+
+
+class _CountingVAE(VAE):
+    built = 0
+
+    def __init__(self, *args, **kwargs):
+        type(self).built += 1
+        super().__init__(*args, **kwargs)
+
+
+def test_the_network_is_built_once_per_checkpoint_not_per_request(
+    checkpoint, scan_bytes, monkeypatch
+):
+    monkeypatch.setattr(oct_vae.training, "VAE", _CountingVAE)
+    monkeypatch.setattr(_CountingVAE, "built", 0)
+    serving.DETECTORS.clear()
+    frame = pd.DataFrame({"image_b64": [b64(scan_bytes), "bad"]})
+    first = _score(checkpoint, frame)
+    again = _score(checkpoint, frame)
+    # KedroPipelineModel hands each request a deep copy of the checkpoint: the same model.
+    copied = _score(copy.deepcopy(checkpoint), frame)
+    assert _CountingVAE.built == 1
+    fresh = AnomalyDetector(checkpoint, "cpu").score(
+        serving.decode_request([b64(scan_bytes)], SIZE, 40_000_000).images
+    )
+    for out in (first, again, copied):
+        for name in ("reconstruction", "kl", "vae"):
+            assert out[name].iloc[0] == fresh[name][0]
+        assert out["error"].iloc[1].startswith("malformed base64")
+
+    # Another checkpoint (its last weights changed) gets its own network and scores.
+    other = copy.deepcopy(checkpoint)
+    name = [k for k, v in other["state_dict"].items() if v.is_floating_point()][-1]
+    other["state_dict"][name] = other["state_dict"][name] + 0.5
+    changed = _score(other, frame)
+    assert _CountingVAE.built == 3  # counts the fresh detector above
+    assert changed["reconstruction"].iloc[0] != first["reconstruction"].iloc[0]
+    _score(checkpoint, frame)
+    assert _CountingVAE.built == 4  # the cache holds one checkpoint: the last one
+
+
+def test_checkpoints_are_compared_by_their_content():
+    a = {"x": torch.tensor([1.0, float("nan")]), "n": [1, "a", (2.0,)], "nan": float("nan")}
+    assert serving._equal(a, copy.deepcopy(a))
+    for b in (
+        {**a, "x": torch.tensor([1.0, 2.0])},
+        {**a, "x": torch.tensor([1.0, float("nan")], dtype=torch.float64)},
+        {**a, "x": torch.tensor([[1.0, float("nan")]])},
+        {**a, "n": [1, "a", [2.0]]},
+        {**a, "n": [1, "b", (2.0,)]},
+        {k: v for k, v in a.items() if k != "nan"},
+    ):
+        assert not serving._equal(a, b)
+
+
+# ------------------------------------ the served model as the model server runs it
+
+
+@pytest.fixture(scope="module")
+def served_model(checkpoint, tmp_path_factory):
+    """The inference pipeline saved and loaded as an MLflow model the way kedro-mlflow's
+    hook logs it (``bind_to_training``'s runner and copy mode), with a small
+    ``score.max_request_bytes``."""
+    tmp = tmp_path_factory.mktemp("served_model")
+    params = {
+        "ingest.max_image_pixels": 40_000_000,
+        "score.max_image_bytes": 20_000_000,
+        "score.max_request_rows": 64,
+        "score.flag_score": "vae",
+        "score.specificity": 0.95,
+        "device": "cpu",
+        "score.max_request_bytes": MAX_REQUEST_BYTES,
+    }
+    bound = bind_to_training(Pipeline([]))
+    ckpt = PickleDataset(filepath=str(tmp / "scorer_checkpoint.pkl"))
+    ckpt.save(checkpoint)
+    catalog = DataCatalog(
+        {"scorer_checkpoint": ckpt, **{f"params:{k}": MemoryDataset(v) for k, v in params.items()}}
+    )
+    kpm = KedroPipelineModel(bound.inference, catalog, INPUT_NAME, **bound.kpm_kwargs)
+    artifacts = kpm.extract_pipeline_artifacts(tmp)
+    mlflow.pyfunc.save_model(
+        str(tmp / "model"),
+        python_model=kpm,
+        artifacts=artifacts,
+        signature=SIGNATURE,
+        pip_requirements=["oct-vae"],
+    )
+    return mlflow.pyfunc.load_model(str(tmp / "model"))
+
+
+def test_the_served_model_logs_one_line_per_request_and_builds_its_network_once(
+    served_model, checkpoint, scan_bytes, caplog, monkeypatch
+):
+    monkeypatch.setattr(oct_vae.training, "VAE", _CountingVAE)
+    monkeypatch.setattr(_CountingVAE, "built", 0)
+    serving.DETECTORS.clear()
+    frame = pd.DataFrame({"id": ["a", "b"], "image_b64": [b64(scan_bytes), "bad"]})
+    outputs = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            outputs.append(served_model.predict(frame))
+        lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+        assert [r.name for r in lines] == ["oct_vae.pipelines.inference.nodes"]
+        assert lines[0].getMessage().startswith("scored a request: 2 rows, 1 scored, 1 errors, ")
+    assert _CountingVAE.built == 1
+    expected = AnomalyDetector(checkpoint, "cpu").score(
+        serving.decode_request([b64(scan_bytes)], SIZE, 40_000_000).images
+    )
+    for out in outputs:
+        assert out["id"].tolist() == ["a", "b"]
+        assert out["vae"].iloc[0] == expected["vae"][0] and out["vae"].iloc[1] is None
+
+    # A refused request: one line too, and Kedro's report of the failed node is silenced.
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG), pytest.raises(MlflowException, match="too many rows"):
+        served_model.predict(pd.DataFrame({"image_b64": ["A"] * 65}))
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [r.getMessage()[:30] for r in lines] == ["refused a request: too many ro"]
+    assert "(score.max_request_rows)" in lines[0].getMessage()
+
+
+def test_other_kedro_runs_in_the_process_keep_their_log(served_model, scan_bytes, caplog):
+    served_model.predict(pd.DataFrame({"image_b64": [b64(scan_bytes)]}))  # filter installed
+    catalog = DataCatalog({"x": MemoryDataset(1)})
+    with caplog.at_level(logging.INFO):
+        SequentialRunner().run(Pipeline([Node(lambda x: x, "x", "y", name="f")]), catalog)
+    assert any(r.getMessage().startswith("Running node: f") for r in caplog.records)
+
+
+async def _asgi(app, body: bytes, chunk: int | None = None, content_length: bool = True):
+    """POST ``body`` to /invocations; ``chunk``: send it in pieces of that size."""
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] if chunk else [body]
+    received = []
+
+    async def receive():
+        if received == pieces:  # the whole body was read: the client waits for the answer
+            await asyncio.sleep(3600)
+        piece = pieces[len(received)]
+        received.append(piece)
+        return {"type": "http.request", "body": piece, "more_body": received != pieces}
+
+    out = {"status": None, "body": b""}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        else:
+            out["body"] += message.get("body", b"")
+
+    headers = [(b"content-type", b"application/json")]
+    if content_length:
+        headers.append((b"content-length", str(len(body)).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/invocations",
+        "raw_path": b"/invocations",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    return out["status"], json.loads(out["body"]) if out["body"].startswith(b"{") else out["body"]
+
+
+@pytest.fixture(scope="module")
+def app(served_model):
+    from oct_vae.serve import build_app
+
+    return build_app(served_model)
+
+
+def _post(app, body: bytes, **kwargs):
+    return asyncio.run(_asgi(app, body, **kwargs))
+
+
+def test_the_server_reads_the_body_limit_from_the_model(app, served_model):
+    from oct_vae.serve import body_limit, model_max_request_bytes
+
+    assert model_max_request_bytes(served_model) == MAX_REQUEST_BYTES
+    assert app.max_body_bytes == body_limit(MAX_REQUEST_BYTES) == 250_000 + 2**20
+
+
+def test_the_server_scores_and_refuses_what_the_model_refuses(app, scan_bytes):
+    good = {"dataframe_records": [{"id": "scan", "image_b64": b64(scan_bytes)}]}
+    status, answer = _post(app, json.dumps(good).encode())
+    assert status == 200 and answer["predictions"][0]["error"] is None
+    # Under the body limit but over score.max_request_bytes: the model's 400.
+    big = {"dataframe_records": [{"image_b64": "A" * (MAX_REQUEST_BYTES + 4)}]}
+    status, answer = _post(app, json.dumps(big).encode())
+    assert status == 400
+    assert "request too large: 200,004 bytes" in answer["message"]
+    assert "(score.max_request_bytes)" in answer["message"]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_body_over_the_limit_gets_413_unread(app, served_model, monkeypatch, streamed):
+    def never(*args, **kwargs):
+        raise AssertionError("the model ran on a body over the limit")
+
+    monkeypatch.setattr(type(served_model), "predict", never)
+    body = json.dumps({"dataframe_records": [{"image_b64": "A" * 2_000_000}]}).encode()
+    status, answer = _post(app, body, chunk=65_536, content_length=not streamed)
+    assert status == 413
+    assert "request body is too large" in answer["message"]
+    assert f"at most {app.max_body_bytes:,}" in answer["message"]
+    assert "score.max_request_bytes" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
+        (b'{"dataframe_split": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"dataframe_records": [{"image_b64": 1' + b"0" * 5000 + b"}]}", "4300 digits"),
+        (b'{"dataframe_records": [{"image_b64": "QUJD"}', "valid JSON"),
+        (b'{"dataframe_records": [{"image_b64": "QUJD"}' + b"x" * 100_000, "valid JSON"),
+        (b"", "valid JSON"),
+        (b'{"dataframe_records": [{"image_b64": "\xff"}]}', "valid JSON"),
+    ],
+    ids=["deep", "deep-inside", "huge-integer", "truncated", "garbage", "empty", "not-utf8"],
+)
+def test_json_the_server_cannot_read_gets_400_with_a_short_message(app, body, reason):
+    status, answer = _post(app, body)
+    assert status == 400, answer
+    assert answer["error_code"] == "BAD_REQUEST" and reason in answer["message"]
+    assert len(json.dumps(answer)) < 4_000  # MLflow quotes the body: cut to its two ends
+
+
+def test_other_errors_of_the_server_stay_errors_of_the_server(app, scan_bytes, monkeypatch):
+    """Only MLflow's parsing of the body is answered 400: a ValueError elsewhere is a 500."""
+    from mlflow.pyfunc import scoring_server
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug of the server")
+
+    monkeypatch.setattr(scoring_server, "predictions_to_json", broken)
+    good = {"dataframe_records": [{"image_b64": b64(scan_bytes)}]}
+    with pytest.raises(ValueError, match="a bug of the server"):  # after answering 500
+        _post(app, json.dumps(good).encode())

@@ -33,9 +33,17 @@ def test_outside_a_project_the_store_follows_the_working_directory(monkeypatch, 
     assert uri == f"sqlite:///{tmp_path.resolve().as_posix()}/mlflow.db"
 
 
-def test_checkpoints_go_to_the_project_data_folder_from_any_subfolder(monkeypatch):
+def test_checkpoints_go_to_the_project_data_folder_from_any_subfolder(monkeypatch, tmp_path):
+    """The parameter is relative (MLflow records it; no absolute path), and the train node
+    resolves it against the project root, into a folder of the run's own."""
+    from oct_vae.pipelines.train.nodes import checkpoint_folders
+
     monkeypatch.chdir(REPO / "notebooks")
     for env in ("base", "kermany", "tiny"):
         loader = OmegaConfigLoader(str(REPO / "conf"), env=env, **CONFIG_LOADER_ARGS)
-        ckpt = Path(loader["parameters"]["train"]["checkpoint_dir"])
-        assert ckpt.is_absolute() and ckpt.parent == REPO.resolve() / "data" / "06_models", env
+        params = loader["parameters"]["train"]
+        assert not Path(params["checkpoint_dir"]).is_absolute(), env
+        run = {"run_id": "2026-01-01T00.00.00.000Z", "project_root": str(tmp_path)}
+        folder, resume = checkpoint_folders(params, run)
+        assert Path(folder).parent.parent == tmp_path / "data" / "06_models", env
+        assert Path(folder).name == run["run_id"] and resume is False

@@ -11,7 +11,6 @@ This module imports only Pillow, numpy, tqdm and the standard library.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -23,6 +22,8 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from oct_vae.lineage import content_hash
 
 # Smallest side we accept: anything smaller is a thumbnail or a broken export, not a B-scan.
 MIN_SIDE = 32
@@ -68,14 +69,6 @@ def load_scan(
             or too small.
     """
     return _decode(source, size, max_pixels)[0]
-
-
-def content_hash(pixels: np.ndarray) -> str:
-    """SHA-1 of an array's shape, dtype and bytes: equal hashes mean identical pixels."""
-    array = np.ascontiguousarray(pixels)
-    digest = hashlib.sha1(f"{array.shape}{array.dtype.str}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def _decode(

@@ -33,7 +33,8 @@ class VAEConfig:
     """Every size of the model.
 
     Attributes:
-        image_size: Side of the square input; a power of two, at least 32.
+        image_size: Side of the square input: a multiple of ``2**n_blocks`` (32 for the
+            paper's 5 blocks), at least 8; e.g. 32, 64, 96, 128.
         in_channels: Image channels (OCT is grayscale: 1).
         width: Channels of the first encoder block (the paper: 64).
         latent_dim: Size of the latent code (the paper: 300).
@@ -49,9 +50,11 @@ class VAEConfig:
     def __post_init__(self) -> None:
         bottom = self.image_size / 2**self.n_blocks
         if self.image_size < 8 or bottom < 1 or bottom != int(bottom):
+            step = 2**self.n_blocks
             raise ValueError(
                 f"image_size={self.image_size} cannot be halved {self.n_blocks} times "
-                "to a whole number of pixels; use a power of two such as 128"
+                f"to a whole number of pixels; use a multiple of {step} (at least "
+                f"{max(step, 8)}), such as 128"
             )
         for name in ("in_channels", "width", "latent_dim", "n_blocks"):
             if getattr(self, name) < 1:

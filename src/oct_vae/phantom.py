@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from oct_vae.fileio import atomic_write, sweep_stale_temp_files
+
 CLASSES = ("NORMAL", "CNV", "DME", "DRUSEN")
 FORMAT_VERSION = 1
 META_NAME = "phantom.json"
@@ -652,10 +654,7 @@ def _rel_path(p: _Patient, n: int) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def scan_image(config: PhantomConfig, label: str, pid: int, n: int) -> np.ndarray:
@@ -743,8 +742,7 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
 
     t0 = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob("*/*/.*.tmp"):  # left by an interrupted run
-        stale.unlink(missing_ok=True)
+    sweep_stale_temp_files(root)  # left by an interrupted run (never a live run's files)
     for p in plan:
         (root / p.split / p.label).mkdir(parents=True, exist_ok=True)
     _write_atomic(partial_path, json.dumps({"config": want,

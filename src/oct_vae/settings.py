@@ -5,7 +5,15 @@ from pathlib import Path
 from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 
-from oct_vae.hooks import MissingInputsHook, MlflowArtifactsHook
+from oct_vae.hooks import (
+    MissingInputsHook,
+    MlflowArtifactsHook,
+    MlflowRunStateHook,
+    PrivateMlflowHook,
+    RunIsolationHook,
+    ScorerCopyCleanupHook,
+)
+from oct_vae.parameter_hook import CheckParametersHook
 
 
 def project_root() -> str:
@@ -15,7 +23,21 @@ def project_root() -> str:
     return (find_kedro_project(here) or here).resolve().as_posix()
 
 
-HOOKS = (MissingInputsHook(), MlflowArtifactsHook())
+_ISOLATION = RunIsolationHook()
+HOOKS = (
+    _ISOLATION,
+    MissingInputsHook(),
+    PrivateMlflowHook(),
+    MlflowArtifactsHook(),
+    MlflowRunStateHook(),
+    ScorerCopyCleanupHook(_ISOLATION),
+    # Last: among hooks marked to run first, pluggy calls the last registered first, so
+    # the parameters are checked before anything else looks at the data.
+    CheckParametersHook(),
+)
+# PrivateMlflowHook replaces kedro-mlflow's own hook (same behaviour, no absolute paths and
+# no OS user name recorded; see oct_vae.hooks). Pluggy lists the plugin under this name.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from oct_vae.fileio import atomic_write
+from oct_vae.fileio import atomic_write, check_writable
+from oct_vae.lineage import data_fingerprint
 from oct_vae.losses import check_likelihood, negative_elbo
 from oct_vae.model import VAE, VAEConfig
 
@@ -67,11 +68,15 @@ class TrainConfig:
             falling back to eager execution when compilation fails.
         channels_last: ``auto`` (on CUDA), ``on`` or ``off``.
         val_batch_size: Images per validation batch.
-        checkpoint_dir: Folder of the per-epoch checkpoint ``last.pt``; ``None`` disables it.
+        checkpoint_dir: Folder of this run's per-epoch checkpoint ``last.pt``; ``None``
+            disables it. The Kedro train node gives every run a folder of its own.
         checkpoint_every: Write ``last.pt`` every this many epochs and after the last one
             (1 = every epoch). On a fast GPU, where an epoch takes about a second, writing
             the ~600 MB checkpoint of the paper's model slows the next epoch down.
-        resume: Continue from ``checkpoint_dir/last.pt`` when it exists and matches.
+        resume: ``False``; ``True`` to continue from ``checkpoint_dir/last.pt`` when it
+            exists; or the path of a ``last.pt`` (another run's) to continue from. The
+            checkpoint must match the model, the training settings and the data, and must
+            not hold more epochs than ``epochs``.
         progress: Show a progress bar.
         devices: Processes for data-parallel training: ``1``, a count, or ``auto`` (every
             visible GPU). More than one goes through ``oct_vae.distributed``.
@@ -91,7 +96,7 @@ class TrainConfig:
     val_batch_size: int = 256
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1
-    resume: bool = False
+    resume: bool | str = False
     progress: bool = True
     devices: int | str = 1
 
@@ -106,6 +111,8 @@ class TrainConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not isinstance(self.resume, (bool, str)):
+            raise ValueError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
         for name in ("amp", "compile", "channels_last"):
             allowed = ("auto", "bf16", "off") if name == "amp" else ("auto", "on", "off")
             if getattr(self, name) not in allowed:
@@ -203,7 +210,12 @@ def make_checkpoint(
     return {
         "format_version": CHECKPOINT_FORMAT,
         "model_config": model_config.to_dict(),
-        "train_config": {k: v for k, v in asdict(train_config).items() if k != "progress"},
+        # Where this run kept its checkpoints is not part of the model (nor recorded).
+        "train_config": {
+            k: v
+            for k, v in asdict(train_config).items()
+            if k not in ("progress", "checkpoint_dir", "resume")
+        },
         "state_dict": state,
         "metadata": metadata,
     }
@@ -311,6 +323,8 @@ class Trainer:
         if on_cuda:
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
         # Data resident on the device, as uint8: 4x less memory than float32.
+        # Which data this model learns from: stored in every checkpoint, checked on resume.
+        self.data_fingerprint = data_fingerprint(train_images, val_images)
         self.train_data = torch.from_numpy(np.ascontiguousarray(train_images)).to(self.device)
         self.val_data = torch.from_numpy(np.ascontiguousarray(val_images)).to(self.device)
 
@@ -345,6 +359,9 @@ class Trainer:
         self.checkpoint_path = (
             Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
         )
+        if self.checkpoint_path is not None and self.rank == 0:
+            check_writable(self.checkpoint_path.parent, "checkpoints")  # now, not later
+        self.resumed_from: str | None = None
         self.saved_epoch = 0  # last epoch written to checkpoint_path
         self._saver: ThreadPoolExecutor | None = None
         self._pending_save: Future | None = None
@@ -401,6 +418,7 @@ class Trainer:
     # ----------------------------------------------------------------- private
     def _fit_epoch(self, epoch: int) -> None:
         cfg = self.config
+        self._raise_failed_save()  # a failed checkpoint write stops training at once
         t0 = time.perf_counter()
         train_stats, n_seen = self._train_epoch(epoch)
         seconds = time.perf_counter() - t0
@@ -547,6 +565,7 @@ class Trainer:
             "epoch": epoch,
             "model_config": self.model_config.to_dict(),
             "train_config": _resume_key(self.config),
+            "data_fingerprint": self.data_fingerprint,
             "model": _to_cpu(self.model.state_dict()),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "history": copy.deepcopy(self.history),
@@ -562,6 +581,11 @@ class Trainer:
             self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oct-vae-ckpt")
         self._pending_save = self._saver.submit(_atomic_torch_save, state, self.checkpoint_path)
         self.saved_epoch = epoch
+
+    def _raise_failed_save(self) -> None:
+        pending = self._pending_save
+        if pending is not None and pending.done() and pending.exception() is not None:
+            self._wait_for_save()  # re-raises the write error (path and OS reason)
 
     def _wait_for_save(self) -> None:
         pending, self._pending_save = self._pending_save, None
@@ -581,8 +605,13 @@ class Trainer:
                 self._saver = None
 
     def _resume(self) -> None:
-        path = self.checkpoint_path
+        cfg = self.config
+        path = self.checkpoint_path if cfg.resume is True else Path(str(cfg.resume))
+        if path is not None and path.is_dir():
+            path = path / "last.pt"
         if path is None or not path.exists():
+            if cfg.resume is not True:
+                raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}")
             log.info("resume: no checkpoint at %s, starting from epoch 1", path)
             return
         state = torch.load(path, map_location=self.device, weights_only=True)
@@ -593,12 +622,25 @@ class Trainer:
                 f"Cannot resume from {path}: it was written with a different model or "
                 "training configuration. Delete it or set train.resume: false."
             )
+        if state.get("data_fingerprint") != self.data_fingerprint:
+            raise ValueError(
+                f"Cannot resume from {path}: it was trained on other data than these "
+                "training and validation images (another ingest run). "
+                "Set train.resume: false to train from scratch on this data."
+            )
+        if int(state["epoch"]) > cfg.epochs:
+            raise ValueError(
+                f"Cannot resume from {path}: it has already trained {state['epoch']} epochs, "
+                f"more than train.epochs={cfg.epochs}. Set train.epochs to at least "
+                f"{state['epoch']}, or train.resume: false to train {cfg.epochs} epochs anew."
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.best = state["best"]
         self.start_epoch = int(state["epoch"]) + 1
-        self.saved_epoch = int(state["epoch"])
+        self.saved_epoch = int(state["epoch"]) if path == self.checkpoint_path else 0
+        self.resumed_from = path.parent.name  # the run folder, not the absolute path
         log.info("resume: continuing from %s after epoch %d", path, state["epoch"])
 
     def _result(self) -> TrainResult:
@@ -618,7 +660,11 @@ class Trainer:
             "amp": "bf16" if self.amp else "off",
             "torch_version": str(torch.__version__),  # TorchVersion is not weights_only safe
             "train_seconds": float(sum(h["seconds"] for h in self.history)),
+            "image_size": int(self.model_config.image_size),
+            "data_fingerprint": self.data_fingerprint,
         }
+        if self.resumed_from is not None:
+            metadata["resumed_from"] = self.resumed_from
         return TrainResult(
             checkpoint=make_checkpoint(model, self.model_config, self.config, metadata),
             history=copy.deepcopy(self.history),
@@ -629,7 +675,8 @@ class Trainer:
 def _resume_key(config: TrainConfig) -> dict[str, Any]:
     # Settings that must match to continue a run. Epochs may grow and progress may change;
     # devices may change too, since the global batch (hence the trajectory) does not.
-    skip = ("epochs", "resume", "progress", "devices", "checkpoint_every")
+    # The checkpoint folder may change too: a resumed run writes into a folder of its own.
+    skip = ("epochs", "resume", "progress", "devices", "checkpoint_every", "checkpoint_dir")
     return {k: v for k, v in asdict(config).items() if k not in skip}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -126,7 +127,9 @@ def test_default_and_train_pipelines_stay_bound_to_inference_in_a_session_run():
 def test_score_pipeline_in_a_session_writes_versioned_results_and_heatmaps(
     tiny_project, scan_folder, score_results
 ):
-    files = sorted(p.as_posix() for p in scan_folder.rglob("*") if p.is_file())
+    # paths relative to score.input_dir: where the scans sit is not recorded
+    files = sorted(p.relative_to(scan_folder).as_posix() for p in scan_folder.rglob("*")
+                   if p.is_file())
     assert sorted(score_results["path"]) == files
     bad = score_results[score_results["error"].notna()]
     assert bad["path"].map(lambda p: Path(p).name).tolist() == ["notes.txt"]
@@ -151,7 +154,9 @@ def test_logged_model_gives_the_score_pipelines_scores(tiny_project, scan_folder
     mlflow.set_tracking_uri(tiny_project.tracking_uri)
     scorer = mlflow.pyfunc.load_model(f"runs:/{model.source_run_id}/{MODEL_NAME}")
     paths = score_results["path"].tolist()
-    request = pd.DataFrame({"id": paths, "image_b64": [_b64(Path(p)) for p in paths]})
+    request = pd.DataFrame(
+        {"id": paths, "image_b64": [_b64(scan_folder / p) for p in paths]}
+    )
     out = scorer.predict(request)
     assert out["id"].tolist() == paths
     assert out["error"].isna().tolist() == score_results["error"].isna().tolist()
@@ -164,28 +169,32 @@ def test_logged_model_gives_the_score_pipelines_scores(tiny_project, scan_folder
     ]
 
 
-def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_results, tmp_path):
-    """`mlflow models serve -m runs:/<id>/oct_vae_scorer`: HTTP 200 with one row per scan
-    (an ``error`` on the rows that cannot be scored), HTTP 400 for an empty request."""
+def test_model_server_scores_a_scan_and_reports_bad_rows(
+    tiny_project, scan_folder, score_results, tmp_path
+):
+    """`python -m oct_vae.serve -m runs:/<id>/oct_vae_scorer` (MLflow's scoring server,
+    hardened): HTTP 200 with one row per scan (an ``error`` on the rows that cannot be
+    scored); HTTP 400 for an empty request, one over ``score.max_request_bytes`` (2 MB in
+    the tiny environment), JSON nested too deeply and malformed JSON; HTTP 413 for a body
+    over the server's limit; one log line per request."""
     _, model = _latest_scorer(tiny_project)
-    bin_dir = Path(sys.executable).parent
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # uvicorn
         "MLFLOW_TRACKING_URI": tiny_project.tracking_uri,
         "OMP_NUM_THREADS": "1",  # one scan at a time: threads only contend on a busy CPU
+        # The project's plain one-line log format, as when serving from the project root.
+        "KEDRO_LOGGING_CONFIG": str(tiny_project.path / "conf" / "logging.yml"),
+        "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "server.log"
     cmd = [
-        str(bin_dir / "mlflow"),
-        "models",
-        "serve",
+        sys.executable,
+        "-m",
+        "oct_vae.serve",
         "-m",
         f"runs:/{model.source_run_id}/{MODEL_NAME}",
-        "--env-manager",
-        "local",
         "--host",
         "127.0.0.1",
         "--port",
@@ -198,11 +207,12 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_res
     try:
         wait_for_http(proc, f"{url}/health", log, "model server", SERVER_START_S)
         good = score_results[score_results["error"].isna()].iloc[0]
+        scan = scan_folder / good["path"]  # the path may be absolute
         payload = {
             "dataframe_split": {
                 "columns": ["id", "image_b64"],
                 "data": [
-                    ["scan", _b64(Path(good["path"]))],
+                    ["scan", _b64(scan)],
                     ["malformed", "this is not base64!"],
                     ["text", base64.b64encode(b"just some text").decode()],
                 ],
@@ -220,18 +230,51 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(tiny_project, score_res
         assert rows[1]["error"].startswith("malformed base64") and rows[1]["vae"] is None
         assert rows[2]["error"] == "not an image (unrecognised file format)"
 
+        def post(data: bytes) -> requests.Response:
+            return requests.post(
+                f"{url}/invocations",
+                data=data,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
+
         empty = {"dataframe_split": {"columns": ["image_b64"], "data": []}}
         refused = requests.post(f"{url}/invocations", json=empty, timeout=60)
         assert refused.status_code == 400 and "empty request" in refused.json()["message"]
 
-        # still serving, and the same scan gets the same scores
-        again = requests.post(
-            f"{url}/invocations",
-            json={"dataframe_records": [{"image_b64": _b64(Path(good["path"]))}]},
-            timeout=60,
-        )
-        assert again.status_code == 200
-        assert again.json()["predictions"][0]["vae"] == rows[0]["vae"]
+        # Over score.max_request_bytes (2 MB here), under the body limit: the model says no.
+        big = json.dumps({"dataframe_records": [{"image_b64": "A" * 2_500_000}]}).encode()
+        refused = post(big)
+        assert refused.status_code == 400, refused.text
+        message = refused.json()["message"]
+        assert "request too large: 2,500,000 bytes" in message
+        assert "at most 2,000,000 per request (score.max_request_bytes)" in message
+        # Over the body limit (1.25 x 2 MB + 1 MiB): refused unread.
+        refused = post(b'{"dataframe_records": [{"image_b64": "' + b"A" * 5_000_000 + b'"}]}')
+        assert refused.status_code == 413, refused.text
+        assert "request body is too large" in refused.json()["message"]
+        # JSON nested 100,000 deep (a RecursionError in MLflow's parser) and malformed JSON.
+        refused = post(b"[" * 100_000 + b"]" * 100_000)
+        assert refused.status_code == 400, refused.text
+        assert "nested too deeply" in refused.json()["message"]
+        refused = post(b'{"dataframe_records": [{"image_b64": "QUJD"}' + b"x" * 50_000)
+        assert refused.status_code == 400, refused.text
+        assert "valid JSON" in refused.json()["message"] and len(refused.content) < 4_000
+
+        # Still serving: two requests in a row, the same scores, one log line each.
+        logged = len(log.read_text().splitlines())
+        for _ in range(2):
+            again = requests.post(
+                f"{url}/invocations",
+                json={"dataframe_records": [{"image_b64": _b64(scan)}]},
+                timeout=60,
+            )
+            assert again.status_code == 200
+            assert again.json()["predictions"][0]["vae"] == rows[0]["vae"]
+        lines = log.read_text().splitlines()[logged:]
+        scoring = [line for line in lines if '"POST /invocations HTTP/1.1"' not in line]
+        assert len(scoring) == 2, lines
+        assert all("scored a request: 1 rows, 1 scored, 0 errors" in line for line in scoring)
     finally:
         stop_process_group(proc)
 

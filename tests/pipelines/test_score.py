@@ -21,6 +21,7 @@ from PIL import Image
 from oct_vae.detector import AnomalyDetector, operating_threshold
 from oct_vae.hooks import PRODUCERS
 from oct_vae.imaging import load_scan
+from oct_vae.lineage import LineageError, data_fingerprint
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.pipelines.inference.nodes import score_request
 from oct_vae.pipelines.score import create_pipeline
@@ -41,10 +42,11 @@ def vae_model() -> dict:
     """A small untrained model, calibrated like the train pipeline's ``vae_model``."""
     torch.manual_seed(0)
     config = VAEConfig(image_size=128, width=2, latent_dim=8)
-    ckpt = make_checkpoint(VAE(config), config, TrainConfig(seed=0, device="cpu"), {})
     rng = np.random.default_rng(0)
     train = rng.integers(0, 255, (12, 128, 128), dtype=np.uint8)
     val = rng.integers(0, 255, (20, 128, 128), dtype=np.uint8)
+    meta = {"data_fingerprint": data_fingerprint(train, val), "image_size": 128}
+    ckpt = make_checkpoint(VAE(config), config, TrainConfig(seed=0, device="cpu"), meta)
     calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
     return calibrated
 
@@ -102,8 +104,10 @@ def test_score_pipeline_scores_every_file_with_the_ingest_preprocessing(
     heatmap_dir = tmp_path / "heatmaps"
     table = _run_score(vae_model, mixed_folder, heatmap_dir)
 
-    files = sorted(p.as_posix() for p in mixed_folder.rglob("*") if p.is_file())
-    assert sorted(table["path"]) == files  # one row per file, recursively
+    files = sorted(p.relative_to(mixed_folder).as_posix() for p in mixed_folder.rglob("*")
+                   if p.is_file())
+    # one row per file, recursively; paths relative to score.input_dir (not recorded)
+    assert sorted(table["path"]) == files
     errors = dict(zip(table["path"].map(lambda p: Path(p).name), table["error"]))
     assert errors["notes.txt"] == "not an image (unrecognised file format)"
     assert errors["empty.jpeg"] == "empty file (0 bytes)"
@@ -114,7 +118,7 @@ def test_score_pipeline_scores_every_file_with_the_ingest_preprocessing(
     detector = AnomalyDetector(vae_model, "cpu")
     threshold = operating_threshold(detector.calibration["reconstruction"], 0.95)
     for row in scored.itertuples():
-        expected = detector.score(load_scan(row.path, 128, MAX_PIXELS)[None])
+        expected = detector.score(load_scan(mixed_folder / row.path, 128, MAX_PIXELS)[None])
         for name in ("reconstruction", "kl", "vae"):
             assert getattr(row, name) == pytest.approx(expected[name][0], rel=1e-12)
             assert 0 <= getattr(row, f"{name}_percentile") <= 100
@@ -144,7 +148,9 @@ def test_score_pipeline_scores_every_file_with_the_ingest_preprocessing(
 def test_score_pipeline_on_the_real_kermany_sample(vae_model, kermany_sample_dir, tmp_path):
     heatmap_dir = tmp_path / "heatmaps"
     table = _run_score(vae_model, kermany_sample_dir, heatmap_dir, flag_score="vae")
-    images = sorted(p.as_posix() for p in kermany_sample_dir.rglob("*.jpeg"))
+    images = sorted(
+        p.relative_to(kermany_sample_dir).as_posix() for p in kermany_sample_dir.rglob("*.jpeg")
+    )
     assert len(images) == 32
     scored = table[table["error"].isna()]
     assert sorted(scored["path"]) == images
@@ -166,7 +172,7 @@ def test_heatmap_shows_the_scan_its_reconstruction_and_the_error(vae_model, mixe
     fig = heatmaps[key]()  # drawn only when the dataset saves it
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in panels] == ["scan", "reconstruction", "squared error"]
-    scan = load_scan(path, 128, MAX_PIXELS) / 255.0
+    scan = load_scan(mixed_folder / path, 128, MAX_PIXELS) / 255.0
     np.testing.assert_allclose(panels[0].images[0].get_array(), scan)
     recon = panels[1].images[0].get_array()
     error = panels[2].images[1].get_array()  # overlaid on the scan
@@ -199,6 +205,12 @@ def test_without_a_model_the_missing_inputs_hook_names_the_train_command():
 
 def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_a_model_without_lineage_is_refused(vae_model, mixed_folder, tmp_path):
+    legacy = {**vae_model, "metadata": {}}
+    with pytest.raises(LineageError, match=r"no data fingerprint.*kedro run --pipeline train"):
+        _run_score(legacy, mixed_folder, tmp_path / "heatmaps")
 
 
 def _request(vae_model, frame: pd.DataFrame, max_rows: int = 64) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from collections.abc import Callable
@@ -50,4 +51,20 @@ class LocalVersionedDataset(AbstractVersionedDataset[Any, Any]):
 
     def _save_atomically(self, data: Any, write: Callable[[Path, Any], None]) -> None:
         path = Path(str(self._get_save_path()))
-        atomic_write(path, lambda tmp: write(tmp, data))
+        try:
+            atomic_write(path, lambda tmp: write(tmp, data))
+        except BaseException:
+            if self._version is not None:
+                remove_empty_version_dir(path.parent)
+            raise
+
+
+def remove_empty_version_dir(folder: Path) -> None:
+    """Remove the version folder of a failed save if nothing is in it (best effort).
+
+    Kedro would not take it for a version (it globs ``<filepath>/*/<name>``); this only
+    keeps the dataset folder tidy.
+    """
+    # not empty (a killed writer's leftover: see sweep_stale_temp_files) or already gone
+    with contextlib.suppress(OSError):
+        folder.rmdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,18 +55,31 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         """Generate the phantom if configured, then list the folder.
 
         Returns:
-            One row per regular file (column ``path``, posix, sorted), hidden files and
-            ``phantom.json`` excluded.
+            One row per regular file, hidden files and ``phantom.json`` excluded, sorted:
+            ``path`` (posix, to read it) and ``key`` (relative to the folder; what results
+            record).
 
         Raises:
             DatasetError: No phantom is configured and the folder is missing or empty.
         """
         if self._phantom is not None:
-            generate_phantom(self._path, self._phantom_config(), workers=resolve_workers(0))
+            # Two runs started at once must not write the same phantom files: the second
+            # waits for the first, then reuses its phantom.
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            lock = self._path.parent / f".{self._path.name}.lock"
+            with open(lock, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    generate_phantom(
+                        self._path, self._phantom_config(), workers=resolve_workers(0)
+                    )
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
         paths = list_files(self._path) if self._path.is_dir() else []
         if not paths:
             raise DatasetError(MISSING_DATASET.format(path=self._path.as_posix()))
-        return pd.DataFrame({"path": paths})
+        keys = [Path(p).relative_to(self._path).as_posix() for p in paths]
+        return pd.DataFrame({"path": paths, "key": keys})
 
     def save(self, data: pd.DataFrame) -> None:
         """Refuse: the raw scans are read-only."""

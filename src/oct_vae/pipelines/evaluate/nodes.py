@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from oct_vae import plots
+from oct_vae import lineage, plots
 from oct_vae.detector import AnomalyDetector, operating_threshold
 from oct_vae.evaluation import (
     GROUPS,
@@ -55,12 +55,12 @@ def score_test_set(
 ) -> pd.DataFrame:
     """Every anomaly score of every test scan, one row per scan."""
     rows = _split_rows(oct_manifest, "test")
-    if len(rows) != len(test_images):
-        raise ValueError(
-            f"oct_manifest lists {len(rows)} test scans but test_images holds "
-            f"{len(test_images)}: they come from different ingest runs. "
-            "Run `kedro run --pipeline ingest`."
-        )
+    # Checked here as well as by RunIsolationHook: a runner without hooks gets it too.
+    lineage.check_rows(
+        "test_images", np.asarray(test_images), rows["sha1"].astype(str).tolist(),
+        rows["path"].tolist(),
+    )
+    check_model_matches_split(vae_model, oct_manifest, test_images)
     detector = AnomalyDetector(vae_model, resolve_device(device))
     scores = detector.score(np.asarray(test_images))
     out = rows[list(ID_COLUMNS)].copy()
@@ -68,6 +68,31 @@ def score_test_set(
     for name, values in scores.items():
         out[name] = values
     return out
+
+
+def check_model_matches_split(
+    vae_model: dict[str, Any], oct_manifest: pd.DataFrame, test_images: np.ndarray
+) -> None:
+    """Refuse a model trained on other data than this manifest's training and validation
+    rows (it may have seen the test patients), or made for another image size.
+
+    Raises:
+        LineageError: With the command that makes model and data agree.
+    """
+    size = int(vae_model["model_config"]["image_size"])
+    if np.asarray(test_images).shape[1:] != (size, size):
+        raise lineage.LineageError(
+            f"vae_model takes {size}x{size} images but test_images holds "
+            f"{'x'.join(map(str, np.asarray(test_images).shape[1:]))}: they come from ingest "
+            "runs with different ingest.image_size. Run `kedro run` to ingest and train anew."
+        )
+    hashes = [
+        *_split_rows(oct_manifest, "train")["sha1"].astype(str),
+        *_split_rows(oct_manifest, "val")["sha1"].astype(str),
+    ]
+    lineage.check_model_data(
+        vae_model.get("metadata", {}).get("data_fingerprint"), lineage.fingerprint(hashes)
+    )
 
 
 def build_auc_table(test_scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -113,12 +138,17 @@ def build_statistical_report(
     n_bootstrap: int,
     specificity: float,
     seed: int,
+    run_info: dict[str, Any],
 ) -> tuple[pd.DataFrame, str, dict[str, Any]]:
     """AUCs with patient-bootstrap 95% CIs, AUPRC and sensitivity at the validation-chosen
     threshold, at image and patient level, for every score and every column.
 
     The operating threshold of each score is the ``specificity`` quantile of the validation
     normals' scores stored in ``vae_model``; test labels never touch it.
+
+    Every row also names what it was computed from: the versions of ``vae_model``,
+    ``test_images`` and ``oct_manifest`` this run read (``run_info``) and the fingerprint of
+    the model's training data.
 
     Returns:
         A long table (one row per level, score and column), its Markdown rendering, and the
@@ -174,7 +204,13 @@ def build_statistical_report(
                     }
                 )
     report = pd.DataFrame.from_records(records)
+    provenance = _provenance(vae_model, run_info)
+    for key, value in provenance.items():
+        report[key] = value
     markdown = render_markdown(report, specificity, n_bootstrap)
+    markdown += "\n## Provenance\n\n" + "".join(
+        f"- {key}: `{value}`\n" for key, value in provenance.items()
+    )
     log.info("Extended results:\n%s", markdown)
     metrics: dict[str, Any] = {}
     for r in report.itertuples():
@@ -196,6 +232,15 @@ def build_statistical_report(
                 )
                 metrics[key] = {"value": float(value), "step": 0}
     return report, markdown, metrics
+
+
+def _provenance(vae_model: dict[str, Any], run_info: dict[str, Any]) -> dict[str, str]:
+    versions = run_info.get("versions", {})
+    out = {"run_id": str(run_info.get("run_id", ""))}
+    for name in ("vae_model", "test_images", "oct_manifest"):
+        out[f"{name}_version"] = str(versions.get(name, ""))
+    out["data_fingerprint"] = str(vae_model.get("metadata", {}).get("data_fingerprint", ""))
+    return out
 
 
 def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) -> str:

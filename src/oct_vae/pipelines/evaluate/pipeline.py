@@ -36,6 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:evaluate.n_bootstrap",
                     "params:evaluate.specificity",
                     "params:seed",
+                    "run_info",
                 ],
                 outputs=["auc_report", "auc_report_markdown", "report_metrics"],
                 name="build_statistical_report",

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from oct_vae import serving
-from oct_vae.detector import AnomalyDetector
 from oct_vae.training import resolve_device
 
 # Request columns: the scan as base64 text, and an optional id echoed back.
 IMAGE_COLUMN = "image_b64"
 ID_COLUMN = "id"
+
+# One line per request (the served model's runner silences Kedro's own lines).
+_logger = logging.getLogger(__name__)
 
 
 def export_checkpoint(vae_model: dict[str, Any]) -> dict[str, Any]:
@@ -30,31 +34,56 @@ def score_request(
     flag_score: str,
     specificity: float,
     device: str,
+    max_request_bytes: int = serving.MAX_REQUEST_BYTES,
 ) -> pd.DataFrame:
     """Score each base64 scan of a request; a row that cannot be scored gets an ``error``.
+
+    The request as a whole is checked first (column, rows, total base64 size), before any
+    row is decoded. The network is built once per checkpoint, not per request
+    (``serving.DETECTORS``). Logs one line per request: rows, scored, errors and seconds,
+    or why the request was refused.
 
     Returns:
         One row per request row (``id`` first when given), JSON-ready: ``None``, not NaN,
         in the score cells of failed rows.
 
     Raises:
-        MlflowException: No ``image_b64`` column, no rows, or too many rows (the model
-            server answers HTTP 400 with this reason).
+        MlflowException: No ``image_b64`` column, no rows, too many rows or too many bytes
+            (the model server answers HTTP 400 with this reason).
     """
+    start = time.perf_counter()
     try:
         if IMAGE_COLUMN not in scoring_request.columns:
             raise serving.BadRequest(f"the request has no {IMAGE_COLUMN!r} column")
-        serving.check_request(len(scoring_request), max_request_rows)
+        n_rows = len(scoring_request)
+        serving.check_request(n_rows, max_request_rows)
+        values = scoring_request[IMAGE_COLUMN].tolist()
+        # Bounds what one request makes the model hold and decode. `mlflow models serve`
+        # has no body-size setting (MLflow's scoring server reads the whole body and
+        # uvicorn has no limit), so there the body has been read and parsed by now;
+        # `python -m oct_vae.serve` also refuses an oversized body before reading it.
+        serving.check_payload(values, max_request_bytes)
     except serving.BadRequest as exc:
+        _logger.info("refused a request: %s", exc)
         raise MlflowException.invalid_parameter_value(str(exc)) from None
-    detector = AnomalyDetector(scorer_checkpoint, resolve_device(device))
-    decoded = serving.decode_request(
-        scoring_request[IMAGE_COLUMN].tolist(),
-        detector.image_size,
-        max_image_pixels,
-        max_image_bytes,
-    )
-    out = pd.DataFrame(serving.score_decoded(detector, decoded, flag_score, specificity))
+    try:
+        detector = serving.DETECTORS.get(scorer_checkpoint, resolve_device(device))
+        decoded = serving.decode_request(
+            values, detector.image_size, max_image_pixels, max_image_bytes
+        )
+        out = pd.DataFrame(serving.score_decoded(detector, decoded, flag_score, specificity))
+    except Exception:
+        # Kedro's own report of a failed node is silenced in the served model.
+        _logger.exception("scoring a request of %d rows failed", n_rows)
+        raise
     if ID_COLUMN in scoring_request.columns:
         out.insert(0, ID_COLUMN, scoring_request[ID_COLUMN].tolist())
+    n_ok = int(decoded.ok.sum())
+    _logger.info(
+        "scored a request: %d rows, %d scored, %d errors, %.2f s",
+        n_rows,
+        n_ok,
+        n_rows - n_ok,
+        time.perf_counter() - start,
+    )
     return out.astype(object).where(out.notna(), None)

@@ -12,6 +12,7 @@ from oct_vae.pipelines.inference.nodes import (
     export_checkpoint,
     score_request,
 )
+from oct_vae.pipelines.inference.runner import SequentialRunner as QuietSequentialRunner
 
 # The MLflow model every training run logs: runs:/<run id>/oct_vae_scorer.
 MODEL_NAME = "oct_vae_scorer"
@@ -48,6 +49,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:score.flag_score",
                     "params:score.specificity",
                     "params:device",
+                    "params:score.max_request_bytes",
                 ],
                 outputs="scoring_response",
                 name="score_request",
@@ -62,7 +64,10 @@ def bind_to_training(training: Pipeline) -> PipelineML:
     MLflow model at the end of every run (kedro-mlflow's ``MlflowHook``).
 
     The served model packs ``scorer_checkpoint`` (this run's checkpoint, one file), not the
-    versioned ``vae_model`` folder, which holds every version ever trained.
+    versioned ``vae_model`` folder, which holds every version ever trained. It runs the
+    pipeline with ``runner.SequentialRunner`` (no Kedro log lines per request) and keeps its
+    inputs as they are loaded (``copy_mode="assign"``: the request's frame and the
+    checkpoint are not copied again by each load).
     """
     export = Pipeline(
         [
@@ -79,6 +84,7 @@ def bind_to_training(training: Pipeline) -> PipelineML:
         training=training + export,
         inference=create_pipeline(),
         input_name=INPUT_NAME,
+        kpm_kwargs={"copy_mode": "assign", "runner": QuietSequentialRunner()},
         log_model_kwargs={
             "name": MODEL_NAME,
             "signature": SIGNATURE,

@@ -31,17 +31,25 @@ _LOGGED_REJECTS = 20
 def index_scans(raw_scans: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse class and patient from every file name; set aside what is not a scan.
 
+    Paths are recorded relative to the dataset folder (column ``key``): folder names of
+    clinical data can carry identifiers, and results must not depend on where the data sit.
+
     Args:
-        raw_scans: Column ``path``, one row per file (``ScanFolderDataset``).
+        raw_scans: Columns ``path`` (to read) and ``key`` (relative to the dataset folder),
+            one row per file (``ScanFolderDataset``).
 
     Returns:
-        ``scan_index`` (path, label, patient_id, scan_number) and the rejected files.
+        ``scan_index`` (path relative to the dataset folder, file to read, label,
+        patient_id, scan_number) and the rejected files.
     """
-    scans, rejected = kermany.index_scans(raw_scans["path"].astype(str))
+    keys = raw_scans["key" if "key" in raw_scans.columns else "path"].astype(str)
+    files = dict(zip(keys, raw_scans["path"].astype(str), strict=True))
+    scans, rejected = kermany.index_scans(keys)
     _warn_rejects(rejected, "indexing")
     index = pd.DataFrame(
         {
             "path": [s.path for s in scans],
+            "file": [files[s.path] for s in scans],
             "label": [s.label for s in scans],
             "patient_id": pd.Series([s.patient_id for s in scans], dtype=object),
             "scan_number": pd.Series([s.number for s in scans], dtype="int64"),
@@ -72,6 +80,7 @@ def decode_scans(
         rejected files.
     """
     scans = _to_scans(scan_index)
+    files = scan_index["file" if "file" in scan_index.columns else "path"].astype(str).tolist()
     kermany.check_enough_scans(scans, test_normals, test_per_disease)
     todo = [i for i, s in enumerate(scans) if s.label == "NORMAL"]
     queues = {label: kermany.candidates(scans, label, seed) for label in kermany.DISEASES}
@@ -83,7 +92,7 @@ def decode_scans(
             todo += queue[: wanted[label]]
             queues[label] = queue[wanted[label] :]
         pixels, results = imaging.decode_scans(
-            [scans[i].path for i in todo],
+            [files[i] for i in todo],
             size=image_size,
             max_pixels=max_image_pixels,
             workers=workers,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from oct_vae import imaging, plots, serving
+from oct_vae import imaging, lineage, plots, serving
 from oct_vae.datasets.scan_folder_dataset import list_files
 from oct_vae.detector import AnomalyDetector
 from oct_vae.scores import reconstruct
@@ -58,10 +58,17 @@ def score_scans(
     """Decode each file as ingest does (``load_scan``), score it, and draw its heatmap.
 
     Returns:
-        ``score_results`` (one row per file; ``error`` says why a file was not scored)
+        ``score_results`` (one row per file, ``path`` relative to ``score.input_dir``;
+        ``error`` says why a file was not scored)
         and ``score_heatmaps``: ``<run time>/<file>.png`` -> a callable drawing the
         figure, so a partitioned dataset saves one figure at a time.
     """
+    fingerprint = vae_model.get("metadata", {}).get("data_fingerprint")
+    if fingerprint is None:
+        raise lineage.LineageError(
+            "vae_model records no data fingerprint (it was written by an older oct-vae), so "
+            f"its scores could not be traced to its training data. Run `{lineage.TRAIN_COMMAND}`."
+        )
     detector = AnomalyDetector(vae_model, resolve_device(device))
     serving.check_flag_score(detector, flag_score)
     pixels, results = imaging.decode_scans(
@@ -74,13 +81,15 @@ def score_scans(
         f"{run}/{key}.png" if err is None else None
         for key, err in zip(score_files["key"], decoded.errors)
     ]
-    table = pd.DataFrame({"path": score_files["path"], "heatmap": keys, **cols})
+    # Paths relative to score.input_dir: where the folder lives is not recorded.
+    table = pd.DataFrame({"path": score_files["key"], "heatmap": keys, **cols})
     heatmaps = {
         key: partial(_heatmap, detector, image, _title(row))
         for key, image, row in zip(keys, decoded.images, table.itertuples())
         if key is not None
     }
     _log_summary(table, flag_score, specificity, run)
+    log.info("model trained on data %s (vae_model metadata.data_fingerprint)", fingerprint)
     return table, heatmaps
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,20 +46,75 @@ def split_train_params(
     return model, train
 
 
+def checkpoint_folders(
+    params: dict[str, Any], run_info: dict[str, Any]
+) -> tuple[str | None, bool | str]:
+    """This run's checkpoint folder, and what to resume from.
+
+    Every run writes its per-epoch ``last.pt`` to ``<train.checkpoint_dir>/<run id>/``, so
+    two runs never share a file. ``train.checkpoint_dir`` is relative to the project root.
+    ``train.resume`` is ``false``, ``true`` (the most recent earlier run that left a
+    ``last.pt``) or the id of the run to continue (a folder name under checkpoint_dir).
+
+    Returns:
+        The folder for ``TrainConfig.checkpoint_dir`` (``None`` when checkpointing is off)
+        and the value for ``TrainConfig.resume`` (``False`` or the ``last.pt`` to continue).
+
+    Raises:
+        FileNotFoundError: ``train.resume`` names a run that left no checkpoint.
+    """
+    base = params.get("checkpoint_dir")
+    if not base:
+        return None, False
+    root = Path(str(base)).expanduser()
+    if not root.is_absolute():
+        root = Path(run_info["project_root"]) / root
+    run_id = str(run_info["run_id"])
+    resume = params.get("resume", False)
+    source: bool | str = False
+    earlier = sorted(
+        (p.parent for p in root.glob("*/last.pt") if p.parent.name != run_id),
+        key=lambda p: p.name,
+    )
+    if resume is True or resume == "latest":
+        if earlier:
+            source = str(earlier[-1] / "last.pt")
+        else:
+            log.info("train.resume: no earlier run left a checkpoint under %s", base)
+    elif resume:
+        path = root / str(resume) / "last.pt"
+        if not path.exists():
+            known = ", ".join(p.name for p in earlier[-5:]) or "none"
+            raise FileNotFoundError(
+                f"train.resume={resume!r}: no checkpoint {base}/{resume}/last.pt. "
+                f"Runs with a checkpoint (latest last): {known}."
+            )
+        source = str(path)
+    if source:
+        log.info("train.resume: run %s continues run %s", run_id, Path(source).parent.name)
+    return str(root / run_id), source
+
+
 def train_vae(
     train_images: np.ndarray,
     val_images: np.ndarray,
     params: dict[str, Any],
     seed: int,
     device: str,
+    run_info: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, list[dict[str, float]]]]:
     """Train the VAE on the training normals; keep the best epoch by validation loss.
+
+    Args:
+        run_info: This run's id and project root (``oct_vae.hooks.RunIsolationHook``).
 
     Returns:
         The best-epoch checkpoint, the per-epoch history table, and the same history as
         MLflow metric histories.
     """
     model_config, config = split_train_params(params, int(train_images.shape[1]), seed, device)
+    checkpoint_dir, resume = checkpoint_folders(params, run_info)
+    config = dataclasses.replace(config, checkpoint_dir=checkpoint_dir, resume=resume)
     if config.devices not in (1, "1") or launched_by_torchrun():
         result = train_distributed(train_images, val_images, model_config, config, config.devices)
     else:

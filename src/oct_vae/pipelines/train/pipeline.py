@@ -17,6 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:train",
                     "params:seed",
                     "params:device",
+                    "run_info",
                 ],
                 outputs=["trained_vae", "training_history", "training_metrics"],
                 name="train_vae",

@@ -1,0 +1,520 @@
+"""Every parameter is checked before anything runs (``oct_vae.params``) and the Kedro hook
+that does it (``oct_vae.parameter_hook``).
+
+Tests that need ``CheckParametersHook()`` in ``settings.HOOKS`` say so in their name
+(``..._registered_...``) and fail with that advice while it is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from kedro.config import OmegaConfigLoader
+
+from oct_vae import params as P
+from oct_vae.evaluation import ROW_NAMES
+from oct_vae.losses import LIKELIHOODS
+from oct_vae.model import VAE, VAEConfig
+from oct_vae.parameter_hook import CheckParametersHook
+from oct_vae.params import ParameterError, check_parameters, find_problems
+from oct_vae.scores import ScoreConfig, encoder_means, fit_latent_gaussian, score_images
+from oct_vae.settings import CONFIG_LOADER_ARGS
+from oct_vae.training import TrainConfig
+from scripts.devtools import copy_project
+
+REPO = Path(__file__).resolve().parents[1]
+ENVS = ("base", "tiny", "kermany")
+
+
+def _conf(env: str = "base", runtime_params: dict | None = None) -> dict:
+    loader = OmegaConfigLoader(
+        str(REPO / "conf"), env=env, runtime_params=runtime_params, **CONFIG_LOADER_ARGS
+    )
+    return loader["parameters"]
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    return _conf()
+
+
+def _with(params: dict, **changes) -> dict:
+    """A copy of ``params`` with ``key=value`` changes; ``a__b`` is ``params[a][b]``, and
+    the value ``...`` deletes the key."""
+    out = copy.deepcopy(params)
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = out
+        for part in path:
+            node = node[part]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+    return out
+
+
+def _problems(params: dict) -> list[str]:
+    with pytest.raises(ParameterError) as info:
+        check_parameters(params)
+    assert isinstance(info.value, ValueError)
+    assert info.value.problems and all(p in str(info.value) for p in info.value.problems)
+    return info.value.problems
+
+
+def _one_problem(params: dict, key: str) -> str:
+    problems = _problems(params)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(key), problems
+    return problems[0]
+
+
+# --------------------------------------------------------------- shipped configuration
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_shipped_parameter_sets_pass(env):
+    check_parameters(_conf(env))
+
+
+def test_raw_dir_is_a_runtime_parameter_of_the_kermany_environment():
+    assert "raw_dir" in (REPO / "conf" / "kermany" / "catalog.yml").read_text()
+    check_parameters(_conf("kermany", {"raw_dir": "/data/OCT2017"}))
+    problem = _one_problem(_conf("kermany", {"raw_dir": 2017}), "raw_dir")
+    assert 'raw_dir="2017"' in problem  # the hint: quote it
+
+
+def test_checking_takes_well_under_a_second(base):
+    check_parameters(base)
+    start = time.perf_counter()
+    check_parameters(base)
+    assert time.perf_counter() - start < 0.5
+
+
+# ------------------------------------------------------------- the problems measured
+
+
+def test_every_problem_is_reported_at_once_each_naming_its_key(base):
+    bad = _with(
+        base,
+        ingest__image_size=16,
+        ingest__test_normalz=5,
+        epochs=3,
+        score__flag_score="nonsense",
+        score__specificity=1.5,
+    )
+    problems = _problems(bad)
+    assert len(problems) == 5, problems
+    by_key = {p.split("=")[0]: p for p in problems}
+    assert set(by_key) == {
+        "ingest.image_size",
+        "ingest.test_normalz",
+        "epochs",
+        "score.flag_score",
+        "score.specificity",
+    }
+    assert "multiple of 32" in by_key["ingest.image_size"]
+    assert "did you mean ingest.test_normals?" in by_key["ingest.test_normalz"]
+    assert "did you mean train.epochs?" in by_key["epochs"]
+    assert (
+        "'nonsense'" in by_key["score.flag_score"]
+        and "'reconstruction'" in by_key["score.flag_score"]
+    )
+    assert "1.5" in by_key["score.specificity"] and "(0, 1)" in by_key["score.specificity"]
+
+
+@pytest.mark.parametrize("size", [32, 64, 96, 128, 160, 256])
+def test_image_sizes_the_model_takes_pass(base, size):
+    check_parameters(_with(base, ingest__image_size=size))
+
+
+@pytest.mark.parametrize("size", [16, 48, 100, 8, 1])
+def test_image_sizes_the_model_cannot_take_are_refused_with_the_true_rule(base, size):
+    problem = _one_problem(_with(base, ingest__image_size=size), "ingest.image_size")
+    assert f"ingest.image_size={size}" in problem
+    assert "a multiple of 32, at least 32" in problem and "train.n_blocks=5" in problem
+
+
+@pytest.mark.parametrize("size", [0, -32, None, 128.0, True, "128"])
+def test_image_size_must_be_a_positive_integer(base, size):
+    problem = _one_problem(_with(base, ingest__image_size=size), "ingest.image_size")
+    assert "a positive integer" in problem
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3, 5])
+def test_the_image_size_rule_is_exactly_the_models(base, n_blocks):
+    for size in range(1, 200):
+        params = _with(base, ingest__image_size=size, train__n_blocks=n_blocks)
+        try:
+            VAEConfig(image_size=size, n_blocks=n_blocks)
+            model_ok = True
+        except ValueError:
+            model_ok = False
+        problems = find_problems(params)
+        assert (not problems) == model_ok, (size, n_blocks, problems)
+        if not model_ok:
+            assert f"multiple of {2**n_blocks}" in problems[0]
+
+
+def test_a_non_power_of_two_image_size_really_works_in_the_model():
+    model = VAE(VAEConfig(image_size=96, width=2, latent_dim=4)).eval()
+    with torch.no_grad():
+        logits, _, _ = model(torch.rand(2, 1, 96, 96))
+    assert logits.shape == (2, 1, 96, 96)
+
+
+# ------------------------------------------------------------------------ unknown keys
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "suggestion"),
+    [
+        ({"ingest__test_normalz": 5}, "ingest.test_normalz", "ingest.test_normals"),
+        ({"train__epoch": 3}, "train.epoch", "train.epochs"),
+        ({"evaluate__n_bootstraps": 3}, "evaluate.n_bootstraps", "evaluate.n_bootstrap"),
+        ({"score__flagscore": "kl"}, "score.flagscore", "score.flag_score"),
+        ({"epochs": 3}, "epochs", "train.epochs"),
+        ({"image_size": 64}, "image_size", "ingest.image_size"),
+        ({"ingest__epochs": 3}, "ingest.epochs", "train.epochs"),
+        ({"train__seed": 3}, "train.seed", "seed (top level)"),
+        ({"trian": {"epochs": 3}}, "trian", "train"),
+        ({"devise": "cpu"}, "devise", "device"),
+    ],
+)
+def test_unknown_keys_are_refused_with_the_closest_known_key(base, changes, key, suggestion):
+    problem = _one_problem(_with(base, **changes), key)
+    assert "unknown parameter" in problem and f"did you mean {suggestion}?" in problem
+
+
+def test_an_unknown_key_without_a_near_miss_lists_what_is_known(base):
+    problem = _one_problem(_with(base, score__zzz=1), "score.zzz")
+    assert "did you mean" not in problem
+    assert "score takes: input_dir, flag_score, specificity" in problem
+
+
+def test_a_specificity_at_the_top_level_suggests_both_namespaces(base):
+    problem = _one_problem(_with(base, specificity=0.9), "specificity")
+    assert "did you mean evaluate.specificity or score.specificity?" in problem
+
+
+# ----------------------------------------------------------------- missing and shapes
+
+
+def test_missing_keys_are_reported(base):
+    problems = _problems(_with(base, ingest__image_size=..., evaluate__n_bootstrap=..., seed=...))
+    assert sorted(p.split(" ")[0] for p in problems) == [
+        "evaluate.n_bootstrap",
+        "ingest.image_size",
+        "seed",
+    ]
+    assert all("is missing" in p for p in problems)
+
+
+def test_a_missing_namespace_is_reported(base):
+    assert _one_problem(_with(base, train=...), "train") == "train is missing"
+
+
+def test_train_keys_are_optional_they_have_the_dataclass_defaults(base):
+    check_parameters(_with(base, train={}))
+
+
+def test_a_namespace_must_be_a_mapping(base):
+    problem = _one_problem(_with(base, ingest=5), "ingest")
+    assert "must be a mapping of image_size, val_fraction" in problem
+
+
+# -------------------------------------------------------------------------- types
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("train__epochs", True, "a positive integer"),  # a bool is not an integer
+        ("ingest__test_normals", 20.0, "a positive integer"),  # nor is a float
+        ("ingest__workers", "2", "an integer >= 0"),
+        ("train__lr", "1e-3", "a number > 0"),
+        ("evaluate__specificity", True, "a number in (0, 1)"),
+        ("train__resume", 3, "false, true"),
+        ("train__progress", "yes", "true or false"),
+        ("ingest__max_train_normals", 0.5, "null or a positive integer"),
+        ("score__input_dir", 5, "null or a folder"),
+        ("seed", 1.5, "an integer"),
+        ("device", None, "'auto', 'cpu'"),
+        ("ingest__image_size", None, "a positive integer"),
+    ],
+)
+def test_wrong_types_are_refused(base, key, value, allowed):
+    full = key.replace("__", ".")
+    problem = _one_problem(_with(base, **{key: value}), full)
+    assert problem.startswith(f"{full}={value!r}") and allowed in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("evaluate__top_k_percent", 5),  # an integer is a number
+        ("evaluate__top_k_percent", 100),
+        ("evaluate__residual_sigma", 0),
+        ("train__beta", 0),
+        ("ingest__workers", 0),
+        ("ingest__max_train_normals", None),
+        ("ingest__max_train_normals", 5000),
+        ("score__input_dir", None),
+        ("score__input_dir", "/data/scans"),
+        ("train__checkpoint_dir", None),
+        ("train__resume", True),
+        ("train__resume", "2026-01-01T00.00.00.000Z"),
+        ("train__devices", "auto"),
+        ("train__devices", 2),
+        ("device", "cpu"),
+        ("seed", 0),
+    ],
+)
+def test_values_at_the_edges_pass(base, key, value):
+    check_parameters(_with(base, **{key: value}))
+
+
+# -------------------------------------------------------------------------- ranges
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("ingest__val_fraction", 0, "(0, 1)"),
+        ("ingest__val_fraction", 1, "(0, 1)"),
+        ("ingest__test_normals", 0, "a positive integer"),
+        ("ingest__test_per_disease", -1, "a positive integer"),
+        ("ingest__max_train_normals", 0, "null or a positive integer"),
+        ("ingest__max_image_pixels", 0, "a positive integer"),
+        ("ingest__workers", -1, "an integer >= 0 (0 = all cores)"),
+        ("evaluate__n_samples", 0, "a positive integer"),
+        ("evaluate__batch_size", 0, "a positive integer"),
+        ("evaluate__n_bootstrap", 0, "a positive integer"),
+        ("evaluate__n_examples", 0, "a positive integer"),
+        ("evaluate__top_k_percent", 0, "(0, 100]"),
+        ("evaluate__top_k_percent", 100.5, "(0, 100]"),
+        ("evaluate__filtered_top_k_percent", 0.0, "(0, 100]"),
+        ("evaluate__residual_sigma", -0.5, ">= 0"),
+        ("evaluate__specificity", 0.0, "(0, 1)"),
+        ("evaluate__specificity", 1.0, "(0, 1)"),
+        ("score__specificity", 1.5, "(0, 1)"),
+        ("score__specificity", float("nan"), "(0, 1)"),
+        ("score__max_image_bytes", 0, "a positive integer"),
+        ("score__max_request_rows", 0, "a positive integer"),
+        ("score__max_request_bytes", 0, "a positive integer"),
+        ("train__epochs", 0, "a positive integer"),
+        ("train__batch_size", -16, "a positive integer"),
+        ("train__val_batch_size", 0, "a positive integer"),
+        ("train__checkpoint_every", 0, "a positive integer"),
+        ("train__width", 0, "a positive integer"),
+        ("train__latent_dim", 0, "a positive integer"),
+        ("train__in_channels", 3, "1 (OCT scans are grayscale)"),
+        ("train__lr", 0, "a number > 0"),
+        ("train__lr", float("inf"), "a number > 0"),
+        ("train__gaussian_sigma", 0, "a number > 0"),
+        ("train__beta", -1, "a number >= 0"),
+        ("train__devices", 0, "a positive integer or 'auto'"),
+        ("seed", -1, "[0, 2**63)"),
+    ],
+)
+def test_values_out_of_range_are_refused(base, key, value, allowed):
+    full = key.replace("__", ".")
+    problem = _one_problem(_with(base, **{key: value}), full)
+    assert problem.startswith(f"{full}=") and allowed in problem
+
+
+# ------------------------------------------------------------------------- choices
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("train__likelihood", "poisson", "'bernoulli', 'gaussian'"),
+        ("train__amp", "on", "'auto', 'bf16', 'off'"),
+        ("train__compile", "bf16", "'auto', 'on', 'off'"),
+        ("train__channels_last", "yes", "'auto', 'on', 'off'"),
+        ("score__flag_score", "Reconstruction", "'reconstruction'"),
+    ],
+)
+def test_values_outside_the_choices_are_refused(base, key, value, allowed):
+    full = key.replace("__", ".")
+    assert allowed in _one_problem(_with(base, **{key: value}), full)
+
+
+def test_an_unquoted_off_gets_advice_to_quote_it(base):
+    # --params train.compile=off reaches Kedro as the boolean False (YAML).
+    problem = _one_problem(_with(base, train__compile=False), "train.compile")
+    assert "quote it: --params 'train.compile=\"off\"'" in problem
+    assert "quote it" not in _one_problem(_with(base, train__devices=0), "train.devices")
+
+
+@pytest.mark.parametrize("name", P.SCORE_NAMES)
+def test_every_reported_score_can_flag(base, name):
+    check_parameters(_with(base, score__flag_score=name))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_flag_score_choices_are_the_scores_evaluation_reports():
+    model = VAE(VAEConfig(image_size=32, width=2, latent_dim=4))
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    device = torch.device("cpu")
+    fit = fit_latent_gaussian(encoder_means(model, images, 4, device))
+    config = ScoreConfig(n_samples=1, batch_size=4)
+    scores = score_images(model, images, config, device, images.mean(0) / 255.0, fit)
+    assert set(scores) == set(P.SCORE_NAMES)
+    assert set(ROW_NAMES) == set(P.SCORE_NAMES)
+
+
+def test_the_choices_are_what_train_config_accepts():
+    for name, options in (
+        ("amp", P.AMP_MODES),
+        ("compile", P.SWITCHES),
+        ("channels_last", P.SWITCHES),
+        ("likelihood", LIKELIHOODS),
+    ):
+        for value in options:
+            TrainConfig(**{name: value})
+        with pytest.raises(ValueError):
+            TrainConfig(**{name: "nonsense"})
+
+
+# ------------------------------------------------------------------------ device
+
+
+def test_a_device_that_does_not_exist_here_is_refused(base):
+    missing = "cuda:99" if torch.cuda.is_available() else "cuda"
+    problem = _one_problem(_with(base, device=missing), "device")
+    assert f"device={missing!r}" in problem
+    assert "device=" in _one_problem(_with(base, device="tpu"), "device")
+
+
+# -------------------------------------------------------- train keys cannot drift
+
+
+def test_train_keys_are_the_config_dataclass_fields():
+    fields = {f.name for f in dataclasses.fields(VAEConfig)} | {
+        f.name for f in dataclasses.fields(TrainConfig)
+    }
+    assert set(P.TRAIN) == fields - {"image_size", "seed", "device"}
+    # ... the same split as the train node's
+    from oct_vae.pipelines.train import nodes
+
+    assert set(P.MODEL_KEYS) == nodes._MODEL_KEYS and set(P.TRAIN_KEYS) == nodes._TRAIN_KEYS
+
+
+def test_every_train_key_has_a_rule_of_its_own():
+    # A new config field is checked by its type alone until it gets an explicit rule here.
+    assert set(P._TRAIN_RULES) == set(P.TRAIN)
+
+
+def test_the_config_dataclasses_are_the_last_check(base, monkeypatch):
+    # A value that slips past a rule is still stopped by the config that would take it.
+    monkeypatch.setitem(P.TRAIN, "lr", P.Rule("anything", lambda v: True, required=False))
+    monkeypatch.setitem(
+        P.EVALUATE, "top_k_percent", P.Rule("anything", lambda v: True, required=True)
+    )
+    problems = _problems(_with(base, train__lr=-1.0, evaluate__top_k_percent=0))
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("train: ") and "lr" in problems[0]
+    assert problems[1].startswith("evaluate: ") and "top_k_percent" in problems[1]
+
+
+# --------------------------------------------------------------------------- hook
+
+
+def _scratch_project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _hook_registered() -> bool:
+    from oct_vae import settings
+
+    return any(isinstance(h, CheckParametersHook) for h in settings.HOOKS)
+
+
+REGISTER = "add CheckParametersHook() to HOOKS in src/oct_vae/settings.py (last)"
+
+
+def test_the_hook_is_registered_and_runs_before_every_other_hook():
+    """Needs the registration in settings.py."""
+    from kedro.framework.hooks.manager import _create_hook_manager
+
+    from oct_vae import settings
+
+    assert _hook_registered(), REGISTER
+    manager = _create_hook_manager()
+    for hook in settings.HOOKS:
+        manager.register(hook)
+    order = list(reversed(manager.hook.before_pipeline_run.get_hookimpls()))
+    assert isinstance(order[0].plugin, CheckParametersHook), (
+        f"before_pipeline_run order: {[type(i.plugin).__name__ for i in order]}; {REGISTER}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["SequentialRunner", "ThreadRunner", "ParallelRunner"])
+def test_the_hook_stops_a_session_before_any_node(tmp_path, monkeypatch, runner):
+    """In-process KedroSession; registers the hook itself when settings.py does not."""
+    import mlflow
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+    from kedro.runner import ParallelRunner, SequentialRunner, ThreadRunner
+
+    project = _scratch_project(tmp_path)
+    monkeypatch.chdir(project)
+    runners = {"SequentialRunner": SequentialRunner, "ThreadRunner": ThreadRunner}
+    runners["ParallelRunner"] = ParallelRunner
+    bootstrap_project(project)
+    try:
+        with KedroSession.create(
+            project_path=project,
+            env="tiny",
+            runtime_params={"ingest": {"image_size": 16}, "score": {"specificity": 1.5}},
+        ) as session:
+            if not _hook_registered():
+                session._hook_manager.register(CheckParametersHook())
+            with pytest.raises(ParameterError) as info:
+                session.run(runner=runners[runner]())
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+    assert sorted(p.split("=")[0] for p in info.value.problems) == [
+        "ingest.image_size",
+        "score.specificity",
+    ]
+    assert _files_under(project / "data") == []
+
+
+@pytest.mark.slow
+def test_kedro_run_with_a_bad_image_size_stops_before_ingest_registered(tmp_path):
+    """The command line, in a scratch copy. Needs the registration in settings.py."""
+    assert _hook_registered(), REGISTER
+    project = _scratch_project(tmp_path)
+    kedro = Path(sys.executable).parent / "kedro"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(kedro), "run", "--env", "tiny", "--params", "ingest.image_size=16"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "ParameterError" in output and "ingest.image_size=16" in output, output[-3000:]
+    assert "multiple of 32" in output
+    assert _files_under(project / "data") == [], "a node ran before the parameters were checked"
