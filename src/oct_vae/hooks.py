@@ -8,6 +8,7 @@ made it (README, "Guarantees").
 * ``MlflowArtifactsHook``: the exact saved version of a dataset goes to the MLflow run.
 * ``PrivateMlflowHook``: kedro-mlflow's hook, recording no absolute path and no OS user.
 * ``MlflowRunStateHook``: a run stopped by Ctrl-C, SIGTERM or SIGKILL never stays RUNNING.
+* ``MainProcessOnlyHook``: under ``torchrun`` only rank 0 saves outputs and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from typing import Any
 import mlflow
 import numpy as np
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
 from kedro.io.core import AbstractVersionedDataset, Version
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from oct_vae import fileio, lineage
 from oct_vae.datasets import TorchCheckpointDataset
+from oct_vae.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +177,11 @@ class RunIsolationHook:
         temporary folder, before kedro-mlflow packs it into the served model: it packs the
         dataset's file path (for a versioned dataset, the folder of all its versions) and
         records its URI, which must name neither the project path nor the user."""
-        if SCORER_CHECKPOINT not in pipeline.all_outputs():
-            return
         dataset = catalog.get(SCORER_CHECKPOINT)
+        if SCORER_CHECKPOINT not in pipeline.all_outputs() or not isinstance(
+            dataset, AbstractVersionedDataset
+        ):
+            return  # not trained in this run, or not saved (a torchrun rank other than 0)
         source = Path(str(dataset._get_load_path()))
         self._scorer_tmp = Path(tempfile.mkdtemp(prefix="oct-vae-model-"))
         target = self._scorer_tmp / source.name
@@ -334,7 +339,17 @@ class PrivateMlflowHook(MlflowHook):
     """
 
     @hook_impl
+    def after_context_created(self, context) -> None:
+        if not is_main_process():  # a torchrun rank other than 0 never opens the store
+            self._is_mlflow_enabled, self.run_id = False, None
+            return
+        super().after_context_created(context=context)
+
+    @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if not is_main_process():  # a torchrun rank other than 0: rank 0 logs the run
+            self._is_mlflow_enabled, self.run_id = False, None
+            return
         safe = {k: v for k, v in run_params.items() if k != "project_path"}
         if run_params.get("runtime_params"):
             safe["runtime_params"] = _redact_params(run_params["runtime_params"])
@@ -466,3 +481,31 @@ def _end_dead_runs(experiment_id: str, current: str) -> None:
             client.set_terminated(run.info.run_id, "KILLED")
             log.warning("run %s was left RUNNING by a killed process; ended as KILLED",
                         run.info.run_id)
+
+
+# ---------------------------------------------------------------------------- torchrun
+class MainProcessOnlyHook:
+    """Under ``torchrun`` every rank runs the whole Kedro session, and its train node joins
+    one data-parallel job (``oct_vae.distributed``). Every rank then holds the same model;
+    only rank 0 should save it. On the other ranks this hook turns every output of the
+    pipeline into a memory dataset before anything runs, so they train, hand results from
+    node to node in memory, and write nothing; ``PrivateMlflowHook`` opens no MLflow run
+    there. Rank 0 (and any single-process run) is left as it is.
+    """
+
+    @hook_impl(tryfirst=True)  # before RunIsolationHook fixes versions, before MLflow starts
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if is_main_process():
+            return
+        catalog_log = logging.getLogger("kedro.io.data_catalog")
+        level = catalog_log.level
+        catalog_log.setLevel(logging.ERROR)  # no "Replacing dataset" line per output
+        try:
+            for name in sorted(pipeline.all_outputs()):
+                if not isinstance(catalog.get(name), MemoryDataset):
+                    catalog[name] = MemoryDataset(copy_mode="assign")
+        finally:
+            catalog_log.setLevel(level)
+        log.info("rank %s of a torchrun job: outputs stay in memory; rank 0 saves them",
+                 os.environ.get("RANK"))
+

@@ -6,6 +6,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 
 from oct_vae.hooks import (
+    MainProcessOnlyHook,
     MissingInputsHook,
     MlflowArtifactsHook,
     MlflowRunStateHook,
@@ -31,6 +32,8 @@ HOOKS = (
     MlflowArtifactsHook(),
     MlflowRunStateHook(),
     ScorerCopyCleanupHook(_ISOLATION),
+    # After RunIsolationHook: among hooks marked tryfirst, the last registered runs first.
+    MainProcessOnlyHook(),
     # Last: among hooks marked to run first, pluggy calls the last registered first, so
     # the parameters are checked before anything else looks at the data.
     CheckParametersHook(),
