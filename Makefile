@@ -13,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test lint bench screenshots clean
+.PHONY: install run test lint bench screenshots clean tracking-server
 
 install: $(STAMP)
 
@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	$(BIN)/python -m oct_vae.bench --quick
+	$(BIN)/python benchmarks/bench_train.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
@@ -53,3 +53,24 @@ screenshots: install
 	@$(BIN)/python -c "import playwright" 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet --disable-pip-version-check playwright
 	$(BIN)/python scripts/screenshots.py --tiny
+
+# A team's MLflow tracking server (docs/scale.md): runs and the Model Registry in PostgreSQL,
+# artifacts proxied by the server (clients need no storage credentials), stored in
+# MLFLOW_ARTIFACTS_DESTINATION (a folder, or s3://... with the server's credentials). Clients:
+# `MLFLOW_TRACKING_URI=http://<this machine>:$(MLFLOW_PORT) kedro run --env team`.
+# Set MLFLOW_HOST=0.0.0.0 to serve the network, and MLFLOW_ALLOWED_HOSTS to the names clients
+# use when it is not an IP or localhost (MLflow refuses other Host headers).
+MLFLOW_BACKEND_STORE_URI ?= postgresql+psycopg2://mlflow@localhost:5432/mlflow
+MLFLOW_ARTIFACTS_DESTINATION ?= $(HOME)/oct-vae-mlflow-artifacts
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 4
+MLFLOW_ALLOWED_HOSTS ?=
+
+tracking-server: install
+	@test -n "$(MLFLOW_BACKEND_STORE_URI)" -a -n "$(MLFLOW_ARTIFACTS_DESTINATION)" || { echo \
+		"MLFLOW_BACKEND_STORE_URI and MLFLOW_ARTIFACTS_DESTINATION must not be empty"; exit 2; }
+	$(BIN)/mlflow server --backend-store-uri "$(MLFLOW_BACKEND_STORE_URI)" \
+		--artifacts-destination "$(MLFLOW_ARTIFACTS_DESTINATION)" --serve-artifacts \
+		--host "$(MLFLOW_HOST)" --port "$(MLFLOW_PORT)" --workers "$(MLFLOW_WORKERS)" \
+		$(if $(MLFLOW_ALLOWED_HOSTS),--allowed-hosts "$(MLFLOW_ALLOWED_HOSTS)")

@@ -39,7 +39,8 @@ import numpy as np
 from PIL import Image
 
 from oct_vae.imaging import decode_scans, load_scan, resolve_workers
-from oct_vae.phantom import CLASSES, PhantomConfig, scan_image
+from oct_vae.kermany import CLASSES
+from oct_vae.phantom import PhantomConfig, scan_image
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 # OCT2017 (Kermany et al. 2018): files per class, train + test.

@@ -37,33 +37,33 @@ nvidia-smi -L 2>&1 | tee "$OUT/nvidia-smi.txt" || true
 'cuda', torch.cuda.is_available())" 2>&1 | tee "$OUT/versions.txt"
 
 stamp "1. benchmark: naive vs project (eager, compiled) + batch-size sweep"
-timeout "${T_BENCH:-180}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile both \
+timeout "${T_BENCH:-180}" "$PY" benchmarks/bench_train.py --device "$DEVICE" --compile both \
     --batch-sizes "$SIZES" --out "$OUT/bench_train.json" "${EXTRA[@]}" 2>&1 \
     | tee "$OUT/bench_train.log"
 echo "exit ${PIPESTATUS[0]}"
 
 stamp "2. Trainer.fit, $FIT_EPOCHS epochs x $FIT_IMAGES images, compiled"
-timeout "${T_FIT:-130}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile on \
+timeout "${T_FIT:-130}" "$PY" benchmarks/bench_train.py --device "$DEVICE" --compile on \
     --fit-epochs "$FIT_EPOCHS" --fit-images "$FIT_IMAGES" --out "$OUT/fit_compiled.json" \
     "${EXTRA[@]}" 2>&1 | tee "$OUT/fit_compiled.log"
 echo "exit ${PIPESTATUS[0]}"
 
 stamp "2b. the same, checkpoint after the last epoch only"
-timeout "${T_FIT2:-100}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile on \
+timeout "${T_FIT2:-100}" "$PY" benchmarks/bench_train.py --device "$DEVICE" --compile on \
     --fit-epochs "$FIT_EPOCHS" --fit-images "$FIT_IMAGES" --checkpoint-every "$FIT_EPOCHS" \
     --out "$OUT/fit_compiled_ckpt_last.json" "${EXTRA[@]}" 2>&1 \
     | grep -v "oct_vae.training: epoch" | tee "$OUT/fit_compiled_ckpt_last.log"
 echo "exit ${PIPESTATUS[0]}"
 
 stamp "3. Trainer.fit, 2 epochs x $FIT_IMAGES images, eager"
-timeout "${T_EAGER:-45}" "$PY" -m oct_vae.bench --device "$DEVICE" --compile off \
+timeout "${T_EAGER:-45}" "$PY" benchmarks/bench_train.py --device "$DEVICE" --compile off \
     --fit-epochs 2 --fit-images "$FIT_IMAGES" --out "$OUT/fit_eager.json" \
     "${EXTRA[@]}" 2>&1 | tee "$OUT/fit_eager.log"
 echo "exit ${PIPESTATUS[0]}"
 
 stamp "4. batch size vs validation loss (synthetic scans, 10 epochs, bf16)"
 for scaling in none linear; do
-    timeout "${T_QUALITY:-40}" "$PY" -m oct_vae.bench --device "$DEVICE" --quality \
+    timeout "${T_QUALITY:-40}" "$PY" benchmarks/bench_train.py --device "$DEVICE" --quality \
         --batch-sizes 64,256 --quality-amp bf16 --quality-images "$QUALITY_IMAGES" \
         --lr-scaling "$scaling" --out "$OUT/quality_lr_$scaling.json" "${EXTRA[@]}" 2>&1 \
         | grep -v "oct_vae.training: epoch" | tee "$OUT/quality_lr_$scaling.log"

@@ -41,7 +41,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from scripts.devtools import (  # noqa: E402
+from tests.helpers.project import (  # noqa: E402
     ServerError,
     copy_project,
     free_port,

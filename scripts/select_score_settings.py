@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from scripts.devtools import copy_project  # noqa: E402
+from tests.helpers.project import copy_project  # noqa: E402
 
 SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0)
 K_PERCENTS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)

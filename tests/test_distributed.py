@@ -14,17 +14,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from oct_vae.bench import synthetic_scans
-from oct_vae.distributed import (
-    GlobalBatchNorm2d,
-    is_main_process,
-    launched_by_torchrun,
-    resolve_devices,
-    sync_batchnorm,
-    train_distributed,
-)
+from oct_vae.batchnorm import GlobalBatchNorm2d, sync_batchnorm
+from oct_vae.distributed import is_main_process, launched_by_torchrun, resolve_devices
+from oct_vae.distributed import train as train_vae
 from oct_vae.model import VAE, VAEConfig
-from oct_vae.training import TrainConfig, Trainer, train_vae
+from oct_vae.phantom import layered_scans
+from oct_vae.training import TrainConfig, Trainer
 
 MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)
 # Tight enough to catch unsynchronised batch norm (differences ~1e-2 after two epochs) or
@@ -36,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
-    images = synthetic_scans(52, size=32, seed=11)
+    images = layered_scans(52, size=32, seed=11)
     return images[:41], images[41:]  # batches of 16, 16 and 9: the last one is uneven
 
 
@@ -91,7 +86,7 @@ def _torchrun_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
     train, val = _data()
-    result = train_distributed(train, val, MODEL, _cfg(), devices=1)  # the job's size wins
+    result = train_vae(train, val, MODEL, _cfg(devices=1))  # the job's size wins
     torch.save(result.checkpoint["state_dict"], Path(out) / f"weights-{rank}.pt")
     # The DDP gradient of one global batch equals the one-process gradient.
     dist.init_process_group("gloo", init_method=(Path(out) / "rdv").as_uri(), rank=rank,
@@ -152,5 +147,5 @@ def test_device_count_and_launch_detection(monkeypatch):
 def test_one_device_trains_in_this_process(monkeypatch):
     train, val = _data()
     monkeypatch.setattr(mp, "spawn", lambda *a, **k: pytest.fail("spawned for one device"))
-    result = train_distributed(train, val, MODEL, replace(_cfg(), epochs=1), devices=1)
+    result = train_vae(train, val, MODEL, replace(_cfg(), epochs=1, devices=1))
     assert result.checkpoint["metadata"]["world_size"] == 1

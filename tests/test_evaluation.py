@@ -82,12 +82,18 @@ def test_threshold_comes_from_validation_normals_only():
     t = operating_threshold(val, 0.95)
     assert t == 95.0
     assert (val <= t).mean() >= 0.95
+    # "higher" interpolation: the threshold is a validation score, never below the quantile
+    assert operating_threshold(np.array([3.0, 1.0, 2.0, 10.0]), 0.5) == 3.0
+    assert operating_threshold(np.array([1.0, np.nan, 2.0]), 0.99) == 2.0  # NaN ignored
     labels, _, s = _test_set()
-    # the threshold is a function of validation scores alone: shuffling test labels
-    # changes sensitivity but never the threshold
-    assert operating_threshold(val, 0.95) == t
-    sens = sensitivity_at_threshold(labels, s, 0.5, "CNV")
-    assert 0 < sens <= 1
+    # sensitivity: the share of the group's test scores strictly above the threshold
+    threshold = operating_threshold(s[labels == "NORMAL"], 0.9)
+    for group, members in (("CNV", ["CNV"]), ("Urgent", ["CNV", "DME"])):
+        expected = (s[np.isin(labels, members)] > threshold).mean()
+        assert sensitivity_at_threshold(labels, s, threshold, group) == expected
+    assert sensitivity_at_threshold(labels, s, threshold, "CNV") > sensitivity_at_threshold(
+        labels, s, threshold, "Drusen"
+    )  # the CNV scores are shifted most
 
 
 def test_metric_keys():

@@ -13,12 +13,13 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset, Version
 from kedro.pipeline import Node, Pipeline
 
-from oct_vae import lineage, training
+from oct_vae import checkpoint, lineage
 from oct_vae.datasets import NpyDataset
+from oct_vae.distributed import train as train_vae
 from oct_vae.hooks import check_outputs_writable, pin_versions
 from oct_vae.model import VAEConfig
 from oct_vae.pipelines.train.nodes import checkpoint_folders
-from oct_vae.training import TrainConfig, Trainer, train_vae
+from oct_vae.training import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -164,7 +165,7 @@ def test_an_unwritable_checkpoint_folder_fails_before_the_first_epoch(tmp_path):
 def test_a_failed_checkpoint_write_stops_training_and_resume_is_exact(tmp_path, monkeypatch):
     train, val = _data()
     full = train_vae(train, val, MODEL, _cfg(epochs=4))
-    real_save = training._atomic_torch_save
+    real_save = checkpoint.save_atomically
     writes = []
 
     def disk_full_after_first(obj, path):
@@ -173,13 +174,13 @@ def test_a_failed_checkpoint_write_stops_training_and_resume_is_exact(tmp_path, 
             raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
         real_save(obj, path)
 
-    monkeypatch.setattr(training, "_atomic_torch_save", disk_full_after_first)
+    monkeypatch.setattr(checkpoint, "save_atomically", disk_full_after_first)
     trainer = Trainer(train, val, MODEL, _cfg(epochs=4, checkpoint_dir=str(tmp_path / "r1")))
     with pytest.raises(OSError, match=r"r1/last.pt: No space left on device"):
         trainer.fit()
     # the write of epoch 2 failed: training stopped before epoch 4 ever ran
     assert len(trainer.history) <= 3 and writes[:2] == [1, 2]
-    monkeypatch.setattr(training, "_atomic_torch_save", real_save)
+    monkeypatch.setattr(checkpoint, "save_atomically", real_save)
     kept = torch.load(tmp_path / "r1" / "last.pt", weights_only=True)
     assert kept["epoch"] == 1  # the last good checkpoint, never a partial one
     resumed = train_vae(train, val, MODEL, _cfg(

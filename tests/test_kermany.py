@@ -8,11 +8,14 @@ from collections import Counter
 import pytest
 
 from oct_vae.kermany import (
+    OFFICIAL_TEST_EXCLUSION,
     Scan,
     candidates,
     check_patient_disjoint,
     find_test_duplicates,
+    in_official_test,
     index_scans,
+    official_split,
     parse_scan_name,
     patient_order,
     split_scans,
@@ -207,3 +210,83 @@ def test_find_test_duplicates() -> None:
     hashes = ["a", "b", "c", "a", "d", "b", "b"]
     splits = {"train": [0, 1], "val": [4, 5], "test": [2, 3, 6]}
     assert find_test_duplicates(splits, hashes) == {3: [0], 6: [1, 5]}
+
+
+# ---------------------------------------------------------------- protocol: official
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("OCT2017/test/CNV/CNV-1-1.jpeg", True),
+        ("CellData/OCT/test/NORMAL/NORMAL-1-1.jpeg", True),
+        ("test/DME/DME-1-1.jpeg", True),
+        ("TEST/drusen/DRUSEN-1-1.jpeg", True),
+        ("OCT2017/train/CNV/CNV-1-1.jpeg", False),
+        ("val/CNV/CNV-1-1.jpeg", False),
+        ("CNV/CNV-1-1.jpeg", False),
+        ("test/CNV-1-1.jpeg", False),
+        ("test/CNV/extra/CNV-1-1.jpeg", False),
+    ],
+)
+def test_in_official_test_recognises_the_layouts(path: str, expected: bool) -> None:
+    assert in_official_test(path) is expected
+
+
+def official_scans() -> list[Scan]:
+    """OCT2017-like: train/ and test/ class folders; some test patients also in train/."""
+    rng = random.Random(3)
+    scans = []
+
+    def add(folder: str, label: str, pid: int, n_scans: int) -> None:
+        for n in range(1, n_scans + 1):
+            path = f"OCT2017/{folder}/{label}/{label}-{pid}-{n}.jpeg"
+            scans.append(Scan(path, label, str(pid), n))
+
+    for pid in range(1, 41):  # training-folder normals
+        add("train", "NORMAL", pid, rng.randint(1, 4))
+    for pid in range(100, 110):  # test-folder normals
+        add("test", "NORMAL", pid, 2)
+    add("test", "NORMAL", 1, 1)  # patient 1: normals in both folders
+    add("test", "NORMAL", 2, 2)  # patient 2 too
+    add("test", "CNV", 3, 1)  # patient 3: a normal training scan, a CNV test scan
+    for label in ("CNV", "DME", "DRUSEN"):
+        for pid in range(200, 205):
+            add("test", label, pid + 10 * len(label), 2)
+            add("train", label, pid + 100 + 10 * len(label), 3)  # unused
+    return scans
+
+
+def test_official_split_takes_the_test_folder_and_excludes_its_patients() -> None:
+    scans = official_scans()
+    splits, excluded = official_split(scans, 0.1, None, seed=4)
+    in_test_folder = sorted(
+        (i for i, s in enumerate(scans) if "/test/" in s.path), key=lambda i: scans[i].path
+    )
+    assert splits["test"] == in_test_folder  # all of it, no quota
+    assert {scans[i].patient_id for i in excluded} == {"1", "2", "3"}
+    assert all(scans[i].label == "NORMAL" and "/train/" in scans[i].path for i in excluded)
+    pool = [
+        i
+        for i, s in enumerate(scans)
+        if s.label == "NORMAL" and "/train/" in s.path and s.patient_id not in {"1", "2", "3"}
+    ]
+    assert sorted(splits["train"] + splits["val"]) == sorted(pool)
+    assert set(labels_of(scans, splits["train"])) == {"NORMAL"}
+    patients = {k: {scans[i].patient_id for i in v} for k, v in splits.items()}
+    assert not patients["train"] & patients["val"]
+    assert not (patients["train"] | patients["val"]) & patients["test"]
+    check_patient_disjoint(patients)
+    assert abs(len(splits["val"]) - 0.1 * len(pool)) <= 3 and splits["val"]
+    assert official_split(scans, 0.1, None, seed=4) == (splits, excluded)
+    assert official_split(scans, 0.1, 20, seed=4)[0]["train"].__len__() == 20
+    assert OFFICIAL_TEST_EXCLUSION == "patient in the official test set"
+
+
+def test_official_split_needs_the_datasets_test_folder() -> None:
+    scans = synthetic_scans()  # CLASS/<file>: no test folder
+    with pytest.raises(ValueError, match=r"own test folder.*ingest\.protocol=paper"):
+        official_split(scans, 0.1, None, seed=0)
+    only_normals = [s for s in official_scans() if s.label == "NORMAL"]
+    with pytest.raises(ValueError, match="found NORMAL there"):
+        official_split(only_normals, 0.1, None, seed=0)

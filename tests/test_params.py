@@ -29,7 +29,7 @@ from oct_vae.params import ParameterError, check_parameters, find_problems
 from oct_vae.scores import ScoreConfig, encoder_means, fit_latent_gaussian, score_images
 from oct_vae.settings import CONFIG_LOADER_ARGS
 from oct_vae.training import TrainConfig
-from scripts.devtools import copy_project
+from tests.helpers.project import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 ENVS = ("base", "tiny", "kermany")

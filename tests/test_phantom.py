@@ -74,9 +74,9 @@ def test_layout_and_naming(tiny: tuple[Path, dict]) -> None:
         scans.setdefault(pid, []).append(int(n))
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.mode == "L"
-            assert im.size in ((512, 496), (768, 496))
+            assert im.size in ((512, 496), (768, 496), (1536, 496))
             widths.add(im.size[0])
-    assert widths == {512, 768}
+    assert {512, 768} <= widths <= {512, 768, 1536}
     assert all(sorted(v) == list(range(1, len(v) + 1)) for v in scans.values())
     n_pat = {c: sum(1 for lab, _ in owner.values() if lab == c) for c in CLASSES}
     assert n_pat == {"NORMAL": 5, "CNV": 3, "DME": 3, "DRUSEN": 3} == summary["patients"]
@@ -203,12 +203,17 @@ def test_lesions_are_local_and_in_the_expected_direction(label: str) -> None:
         assert changed.any(), "the lesion must change the image"
         assert changed.mean() < 0.08 and _bbox_fraction(changed) < 0.4
         ilm, bruch = b[0][None, :], b[ph._L["SUB"] + 1][None, :]
-        bright, dark = diff > 120, diff < -50  # RPE/deposit/SHRM-level brightening; fluid
+        # brightening by lifted RPE / deposits / SHRM (moderately reflective in v2); fluid
+        bright, dark = diff > 70, diff < -50
         if label in ("CNV", "DRUSEN"):
             # raised RPE / new material: bright pixels just above the healthy RPE position
             reach = 120 if label == "CNV" else 60
             above_rpe = (rows < bruch - 3) & (rows > bruch - reach)
-            assert bright.sum() > 100 and (bright & above_rpe).sum() > 0.9 * bright.sum()
+            # the lifted retina brightens the vitreous a little too; nothing brightens below
+            assert (bright & above_rpe).sum() > 100
+            assert (bright & (rows > bruch + 3)).sum() < 0.05 * bright.sum()
+            if label == "DRUSEN":
+                assert (bright & above_rpe).sum() > 0.7 * bright.sum()
         else:
             # dark cysts inside the retina, which thickens (the ILM rises)
             sick_b = _bounds("DME", seed)
@@ -281,9 +286,14 @@ def test_intensity_statistics_resemble_real_scans() -> None:
                           np.percentile(a, 5)] for a in images])
 
     real = [np.asarray(Image.open(p).convert("L"), float)
-            for p in sorted(REAL.glob("NORMAL/*.jpeg"))]
-    fake = [render_bscan("NORMAL", sample_anatomy(np.random.default_rng([5, k])),
-                         np.random.default_rng([6, k])).astype(float) for k in range(16)]
+            for folder in (REAL, REAL.parent / "kermany-sample-2")
+            for p in sorted(folder.glob("NORMAL/*.jpeg"))]
+    cfg = PhantomConfig()
+    fake = []
+    for k in range(24):
+        rng = np.random.default_rng([6, k])
+        fake.append(render_bscan("NORMAL", sample_anatomy(np.random.default_rng([5, k])), rng,
+                                 ph.scan_width(rng, cfg), config=cfg).astype(float))
     r, f = np.median(stats(real), 0), np.median(stats(fake), 0)
     assert np.all(np.abs(f - r) <= np.maximum(0.35 * r, 6.0)), (r, f)
 

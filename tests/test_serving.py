@@ -24,18 +24,22 @@ from kedro_datasets.pickle import PickleDataset
 from kedro_mlflow.mlflow import KedroPipelineModel
 from mlflow.exceptions import MlflowException
 
-import oct_vae.training
+import oct_vae.checkpoint
 from oct_vae import serving
+from oct_vae.checkpoint import make_checkpoint
 from oct_vae.detector import AnomalyDetector, operating_threshold
 from oct_vae.imaging import RejectedScan, load_scan
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.pipelines.inference.nodes import score_request
 from oct_vae.pipelines.inference.pipeline import INPUT_NAME, SIGNATURE, bind_to_training
 from oct_vae.pipelines.train.nodes import calibrate_model
-from oct_vae.training import TrainConfig, make_checkpoint
+from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
+from oct_vae.training import TrainConfig
 from tests.test_imaging import encode, png_header_only
 
 SIZE = 128
+# Every score of an answer, in column order: the paper's, beyond it, the two baselines.
+SCORE_NAMES = (*PAPER_SCORES, *EXTRA_SCORES, *BASELINE_SCORES)
 
 
 def b64(data: bytes) -> str:
@@ -179,8 +183,18 @@ def test_scored_rows_have_percentiles_threshold_flag_and_null_scores_on_errors(
     assert {len(v) for v in cols.values()} == {3}
     expected = detector.score(decoded.images[:1])
     threshold = operating_threshold(detector.calibration["vae"], 0.9)
-    for name in ("reconstruction", "kl", "vae"):
-        assert cols[name][0] == pytest.approx(expected[name][0], rel=1e-12)
+    # every score that evaluation reports, then their percentiles, in that order
+    assert list(cols) == [
+        *SCORE_NAMES,
+        *(f"{n}_percentile" for n in SCORE_NAMES),
+        "flag_score",
+        "threshold",
+        "anomalous",
+        "error",
+    ]
+    assert set(expected) == set(SCORE_NAMES) == set(detector.calibration)
+    for name in SCORE_NAMES:
+        assert cols[name][0] == expected[name][0]
         assert cols[name][2] == cols[name][0]
         ref = detector.calibration[name]
         assert cols[f"{name}_percentile"][0] == pytest.approx(
@@ -204,8 +218,33 @@ def test_a_scans_scores_do_not_depend_on_the_other_rows(detector, scan_bytes):
         "vae",
         0.95,
     )
-    for name in ("reconstruction", "kl", "vae"):
+    for name in SCORE_NAMES:
         assert mixed[name][2] == alone[name][0]
+        assert mixed[f"{name}_percentile"][2] == alone[f"{name}_percentile"][0]
+
+
+def test_batch_scoring_equals_scoring_each_scan_alone(detector, scan_bytes):
+    """Rows are scored together, in batches of score_config.batch_size (8 here): 11 scans
+    and two bad rows give, to the last bit, each scan's scores alone, which are
+    ``AnomalyDetector.score``'s (the evaluate pipeline's) for that image."""
+    rng = np.random.default_rng(7)
+    values = [b64(encode(rng.integers(0, 255, (150, 170), dtype=np.uint8))) for _ in range(11)]
+    values[3] = b64(scan_bytes)
+    values.insert(5, "bad")
+    values.append(None)
+    assert detector.score_config.batch_size == 8
+    decoded = serving.decode_request(values, SIZE, 40_000_000)
+    together = serving.score_decoded(detector, decoded, "reconstruction", 0.95)
+    for i, value in enumerate(values):
+        alone = serving.score_decoded(
+            detector, serving.decode_request([value], SIZE, 40_000_000), "reconstruction", 0.95
+        )
+        assert {k: v[i] for k, v in together.items()} == {k: v[0] for k, v in alone.items()}
+        if decoded.errors[i] is None:
+            own = detector.score(decoded.images[i : i + 1])
+            for name in SCORE_NAMES:
+                assert together[name][i] == own[name][0]
+                assert together[f"{name}_percentile"][i] == detector.percentile(name, own[name])[0]
 
 
 def test_flag_score_beyond_the_paper_adds_its_column_and_unknown_names_are_refused(
@@ -295,7 +334,7 @@ class _CountingVAE(VAE):
 def test_the_network_is_built_once_per_checkpoint_not_per_request(
     checkpoint, scan_bytes, monkeypatch
 ):
-    monkeypatch.setattr(oct_vae.training, "VAE", _CountingVAE)
+    monkeypatch.setattr(oct_vae.checkpoint, "VAE", _CountingVAE)
     monkeypatch.setattr(_CountingVAE, "built", 0)
     serving.DETECTORS.clear()
     frame = pd.DataFrame({"image_b64": [b64(scan_bytes), "bad"]})
@@ -376,7 +415,7 @@ def served_model(checkpoint, tmp_path_factory):
 def test_the_served_model_logs_one_line_per_request_and_builds_its_network_once(
     served_model, checkpoint, scan_bytes, caplog, monkeypatch
 ):
-    monkeypatch.setattr(oct_vae.training, "VAE", _CountingVAE)
+    monkeypatch.setattr(oct_vae.checkpoint, "VAE", _CountingVAE)
     monkeypatch.setattr(_CountingVAE, "built", 0)
     serving.DETECTORS.clear()
     frame = pd.DataFrame({"id": ["a", "b"], "image_b64": [b64(scan_bytes), "bad"]})

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from oct_vae.checkpoint import load_model
 from oct_vae.scores import (
     LatentGaussian,
     ScoreConfig,
@@ -29,7 +30,6 @@ from oct_vae.scores import (
     mean_image,
     score_images,
 )
-from oct_vae.training import load_model
 
 
 def calibrate_checkpoint(

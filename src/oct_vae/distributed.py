@@ -1,19 +1,18 @@
-"""Data-parallel training on several GPUs (or CPU processes) with torch.distributed DDP.
+"""Data-parallel training on several GPUs (or CPU processes) with torch.distributed DDP,
+and ``train``: the one entry point that decides between one process and several.
 
-Two ways in, one training loop (``oct_vae.training.Trainer`` with ``world=(rank, size)``):
-
-* ``train.devices: N`` (or ``auto``: every visible GPU) in a normal ``kedro run``: the
-  train node calls ``train_distributed``, which spawns N processes on this machine
-  (NCCL on GPUs, gloo on the CPU), hands them the images as memory-mapped ``.npy`` files,
-  and returns rank 0's result.
-* ``torchrun`` (one machine or several): every process runs the pipeline; the train node
-  sees ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and joins the job instead of spawning.
+* ``train.devices: 1`` (default) and no ``torchrun``: one ``Trainer`` in this process.
+* ``train.devices: N`` (or ``auto``: every visible GPU) in a normal ``kedro run``:
+  ``train`` spawns N processes on this machine (NCCL on GPUs, gloo on the CPU), hands them
+  the images as memory-mapped ``.npy`` files, and returns rank 0's result.
+* ``torchrun`` (one machine or several): every process runs the pipeline; ``train`` sees
+  ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and joins the job instead of spawning.
   Every rank returns the same result; only rank 0 writes checkpoints, and only rank 0
-  should save outputs or log to MLflow (``is_main_process``).
+  saves outputs or logs to MLflow (``is_main_process``; ``oct_vae.hooks``).
 
 Every rank takes its slice of every global batch and of its noise, and batch norm uses
-the statistics of the whole global batch (``sync_batchnorm``), so N processes follow the
-trajectory of one process with the same ``batch_size``, up to rounding.
+the statistics of the whole global batch (``oct_vae.batchnorm``), so N processes follow
+the trajectory of one process with the same ``batch_size``, up to rounding.
 
 This module imports only numpy and torch.
 """
@@ -32,17 +31,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
+from oct_vae.checkpoint import load_model
+from oct_vae.device import resolve_device
 from oct_vae.model import VAEConfig
-from oct_vae.training import (
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    load_model,
-    resolve_device,
-)
+from oct_vae.training import NonFiniteLossError, TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -85,92 +78,30 @@ def resolve_devices(devices: int | str, device: str = "auto") -> int:
     return devices
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward sums the gradient over ranks, too."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
-
-
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """Batch norm over the global batch of a process group, on any backend (gloo too).
-
-    ``torch.nn.SyncBatchNorm`` does this on GPUs only. The per-channel sums of x and x^2
-    are all-reduced with a differentiable all-reduce, whose backward all-reduces the
-    gradient: each rank's gradient is then its share of the one-process gradient.
-    Outside training, or without a process group, it is an ordinary ``BatchNorm2d``.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        c = x.shape[1]
-        xf = x.float()
-        count = xf.new_tensor([xf.numel() / c])
-        local = torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), count])
-        total = _AllReduceSum.apply(local)
-        n = total[-1].detach()
-        mean = total[:c] / n
-        var = total[c : 2 * c] / n - mean.square()  # biased, as batch norm normalises
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked
-                self.running_mean.lerp_(mean.detach(), float(m))
-                self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), float(m))
-        shape = (1, c, 1, 1)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
-
-
-def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace, in place, every ``BatchNorm2d`` of ``model`` by a synchronised one.
-
-    CUDA gets ``torch.nn.SyncBatchNorm`` (fused kernels), other devices
-    ``GlobalBatchNorm2d``. Parameters, buffers and state-dict keys are kept, so
-    checkpoints load into a plain ``VAE``.
-    """
-    cls = nn.SyncBatchNorm if device.type == "cuda" else GlobalBatchNorm2d
-    for name, child in model.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlobalBatchNorm2d):
-            new = cls(child.num_features, child.eps, child.momentum, child.affine,
-                      child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            setattr(model, name, new.to(device).train(child.training))
-        else:
-            sync_batchnorm(child, device)
-    return model
-
-
-def train_distributed(
+def train(
     train_images: np.ndarray,
     val_images: np.ndarray,
     model_config: VAEConfig,
     config: TrainConfig,
-    devices: int | str,
 ) -> TrainResult:
-    """Train data-parallel and return rank 0's result (see the module docstring).
+    """Train the VAE: in this process, or data-parallel (see the module docstring).
 
-    Under ``torchrun`` this process joins the job and ``devices`` is ignored (the job's
-    size wins). Otherwise ``devices`` processes are spawned here; one means no spawning.
-    A non-finite loss in any rank is raised here as ``NonFiniteLossError``.
+    Under ``torchrun`` this process joins the job and ``config.devices`` is ignored (the
+    job's size wins). Otherwise ``config.devices`` processes are spawned here; one means
+    no spawning. A non-finite loss in any rank is raised here as ``NonFiniteLossError``.
     """
     if launched_by_torchrun():
         return _train_torchrun(train_images, val_images, model_config, config)
-    n = resolve_devices(devices, config.device)
+    n = resolve_devices(config.devices, config.device)
     if n == 1:
         return Trainer(train_images, val_images, model_config, config).fit()
+    return _train_spawned(train_images, val_images, model_config, config, n)
+
+
+def _train_spawned(
+    train_images: np.ndarray, val_images: np.ndarray, model_config: VAEConfig,
+    config: TrainConfig, n: int,
+) -> TrainResult:
     use_cuda = resolve_device(config.device).type == "cuda"
     with tempfile.TemporaryDirectory(prefix="oct-vae-ddp-", dir=_scratch_dir(train_images)) as tmp:
         work = Path(tmp)
@@ -278,11 +209,4 @@ def _reraise_worker_error(work: Path, err: Exception) -> None:
     raise err
 
 
-__all__ = [
-    "GlobalBatchNorm2d",
-    "is_main_process",
-    "launched_by_torchrun",
-    "resolve_devices",
-    "sync_batchnorm",
-    "train_distributed",
-]
+__all__ = ["is_main_process", "launched_by_torchrun", "resolve_devices", "train"]

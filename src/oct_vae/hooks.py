@@ -1,5 +1,5 @@
 """Project hooks: what makes every result traceable to exactly the data and model that
-made it (README, "Guarantees").
+made it (docs/guarantees.md).
 
 * ``RunIsolationHook``: every versioned dataset is loaded at one version, fixed when the
   run starts (its own save version for what the run writes); the image arrays are checked
@@ -301,7 +301,7 @@ def _sweep_temp_files(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- MLflow
 # Parameters whose values are paths outside the project's control; recorded redacted.
-PATH_PARAMS = ("score.input_dir", "raw_dir")
+PATH_PARAMS = ("score.input_dir", "raw_dir", "real_dir")
 # Set this to record a user name in MLflow (mlflow.user); by default none is recorded.
 USER_ENV = "OCT_VAE_MLFLOW_USER"
 ANONYMOUS_USER = "oct-vae"

@@ -11,14 +11,15 @@ This module imports only Pillow, numpy, tqdm and the standard library.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -32,6 +33,9 @@ RESAMPLE = Image.Resampling.LANCZOS
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _WIDE_MODES = (*_SIXTEEN_BIT_MODES, "I", "F")
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class RejectedScan(ValueError):
@@ -191,7 +195,8 @@ def decode_scans(
     ]
     tasks = [([paths[i] for i in idx], idx, s, m) for idx, s, m in chunks]
     bar = _progress_bar(len(paths), progress)
-    for chunk_results, chunk_pixels in _run_chunks(tasks, workers):
+    workers = min(workers, len(tasks)) if len(tasks) > 1 else 1
+    for chunk_results, chunk_pixels in _run_chunks(tasks, workers, 3 * workers):
         for result, image in zip(chunk_results, chunk_pixels, strict=True):
             results[result.index] = result
             if not result.reason:
@@ -213,23 +218,82 @@ def resolve_workers(workers: int) -> int:
         return os.cpu_count() or 1
 
 
+def iter_decoded(
+    paths: Sequence[str],
+    size: int = 128,
+    max_pixels: int = 40_000_000,
+    workers: int = 0,
+    batch_size: int = 64,
+    max_in_flight: int | None = None,
+) -> Iterator[tuple[int, list[DecodeResult], np.ndarray]]:
+    """:func:`decode_scans` as a stream: batches of decoded files, in order, as they come.
+
+    Batches of ``batch_size`` files are decoded with :func:`load_scan` on ``workers``
+    processes; at most ``max_in_flight`` batches (default: 2 per worker) are submitted and
+    not yet handed out, so memory stays bounded however many files there are, and however
+    slowly the caller consumes them. Nothing of a batch is kept once it is handed out.
+
+    Args:
+        paths: Files to decode.
+        size: Side of the output images.
+        max_pixels: Decompression-bomb limit, see :func:`load_scan`.
+        workers: Processes; 0 = all cores, 1 = decode in this process, batch by batch.
+        batch_size: Files per batch.
+        max_in_flight: Most batches decoding or decoded but not yet handed out.
+
+    Yields:
+        ``(start, results, pixels)``: the index of the batch's first file in ``paths``,
+        one :class:`DecodeResult` per file (``index`` into ``paths``) and the batch's
+        ``(n, size, size)`` ``uint8`` images (zero where a file was rejected).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    workers = resolve_workers(workers)
+    in_flight = max_in_flight if max_in_flight is not None else 2 * workers
+    tasks = (
+        (
+            list(paths[i : i + batch_size]),
+            list(range(i, min(i + batch_size, len(paths)))),
+            size,
+            max_pixels,
+        )
+        for i in range(0, len(paths), batch_size)
+    )
+    n_batches = -(-len(paths) // batch_size)
+    for results, pixels in _run_chunks(tasks, min(workers, max(n_batches, 1)), in_flight):
+        yield (results[0].index if results else 0), results, pixels
+
+
+def bounded_map(
+    fn: Callable[[_T], _R], tasks: Iterable[_T], executor: Executor | None, max_in_flight: int
+) -> Iterator[_R]:
+    """``map(fn, tasks)`` on ``executor``, in order, with at most ``max_in_flight`` tasks
+    submitted whose results have not been handed out. ``tasks`` is read lazily, one task
+    per result handed out once the window is full. ``executor=None``: in this process."""
+    if executor is None:
+        yield from map(fn, tasks)
+        return
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    pending: deque[Future[_R]] = deque()
+    for task in tasks:
+        if len(pending) >= max_in_flight:
+            yield pending.popleft().result()
+        pending.append(executor.submit(fn, task))
+    while pending:
+        yield pending.popleft().result()
+
+
 def _run_chunks(
-    tasks: list[tuple[list[str], list[int], int, int]], workers: int
+    tasks: Iterable[tuple[list[str], list[int], int, int]], workers: int, max_in_flight: int
 ) -> Iterator[tuple[list[DecodeResult], np.ndarray]]:
-    if workers == 1 or len(tasks) <= 1:
+    if workers <= 1:
         yield from map(_decode_chunk, tasks)
         return
-    workers = min(workers, len(tasks))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        # In order, with at most 3 chunks per worker in flight, so finished chunks never
+        # In order, with a bounded number of chunks in flight, so finished chunks never
         # pile up in memory when this process falls behind.
-        pending: deque[Future[tuple[list[DecodeResult], np.ndarray]]] = deque()
-        for task in tasks:
-            pending.append(pool.submit(_decode_chunk, task))
-            if len(pending) >= 3 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        yield from bounded_map(_decode_chunk, tasks, pool, max_in_flight)
 
 
 def _decode_chunk(
@@ -263,3 +327,52 @@ class _NoBar:
 
     def close(self) -> None:
         """Do nothing."""
+
+
+def decode_until_full(
+    paths: Sequence[str],
+    first: Sequence[int],
+    queues: dict[str, list[int]],
+    quota: int,
+    size: int,
+    max_pixels: int,
+    workers: int = 0,
+) -> tuple[np.ndarray, dict[int, DecodeResult]]:
+    """Decode ``first`` and, from each class's ``queues`` (candidate indices in draw order),
+    just enough files to fill ``quota`` decodable scans per class.
+
+    Each queue is decoded with a margin; when rejects leave a class short, its next
+    candidates are decoded (twice the shortfall plus 8), until the quota is full or the
+    queue runs out, so decoding failures never shrink a quota.
+
+    Returns:
+        Every decoded image (``(N, size, size)`` uint8) and, per decoded index of
+        ``paths``, its ``DecodeResult`` whose ``index`` is its row in the image array.
+    """
+    queues = {label: list(queue) for label, queue in queues.items()}
+    wanted = {label: quota + max(8, quota // 10) for label in queues}
+    valid = dict.fromkeys(queues, 0)
+    label_of = {i: label for label, queue in queues.items() for i in queue}
+    todo = list(first)
+    decoded: dict[int, DecodeResult] = {}
+    parts: list[np.ndarray] = []
+    while True:
+        for label, queue in queues.items():
+            todo += queue[: wanted[label]]
+            queues[label] = queue[wanted[label] :]
+        pixels, results = decode_scans([paths[i] for i in todo], size, max_pixels, workers)
+        offset = sum(len(p) for p in parts)
+        parts.append(pixels)
+        for row, (i, result) in enumerate(zip(todo, results, strict=True)):
+            decoded[i] = dataclasses.replace(result, index=row + offset)
+            if not result.reason and i in label_of:
+                valid[label_of[i]] += 1
+        wanted = {
+            label: 2 * (quota - valid[label]) + 8 if valid[label] < quota and queues[label] else 0
+            for label in queues
+        }
+        if not any(wanted.values()):
+            break
+        todo = []
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), decoded
+

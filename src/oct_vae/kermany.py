@@ -2,8 +2,14 @@
 
 Files are named ``<CLASS>-<patient id>-<n>.jpeg`` and sit in a folder named after their
 class, at any depth: ``OCT2017/{train,test}/<CLASS>/``, ``CellData/OCT/{train,test}/<CLASS>/``
-and the Kaggle copy's ``{train,val,test}/<CLASS>/`` all work. The dataset's own
-sub-splits are pooled; :func:`split_scans` draws our own split, whole patients at a time.
+and the Kaggle copy's ``{train,val,test}/<CLASS>/`` all work. Two protocols
+(``ingest.protocol``):
+
+* ``paper`` (:func:`split_scans`): the dataset's own sub-splits are pooled and we draw
+  our own patient-disjoint split, whole patients at a time (the paper's 200/100/100/100);
+* ``official`` (:func:`official_split`): the test set is the dataset's own ``test``
+  folder, as in published benchmarks; training and validation use the other normal
+  scans of patients who have no scan in that folder.
 
 This module imports only the standard library.
 """
@@ -21,6 +27,12 @@ from pathlib import PurePath
 CLASSES = ("NORMAL", "CNV", "DME", "DRUSEN")
 DISEASES = CLASSES[1:]
 SPLITS = ("train", "val", "test")
+# ingest.protocol: how the test set is chosen (see the module docstring).
+PROTOCOLS = ("paper", "official")
+# The dataset's own test folder (``<root>/test/<CLASS>/<file>``), used by ``official``.
+OFFICIAL_TEST_FOLDER = "test"
+# Why a normal scan is left out of training and validation under ``official``.
+OFFICIAL_TEST_EXCLUSION = "patient in the official test set"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 _NAME = re.compile(
@@ -168,6 +180,109 @@ def split_scans(
 
     pool = _by_patient(scans, "NORMAL")
     order = [p for p in patient_order(pool, seed) if p not in test_patients]
+    advice = f"lower --params ingest.test_normals={test_normals} (or ingest.val_fraction)"
+    train, val = _train_val(order, pool, val_fraction, max_train_normals, advice)
+    splits = {
+        name: sorted(idx, key=lambda i: scans[i].path)
+        for name, idx in (("train", train), ("val", val), ("test", test))
+    }
+    check_patient_disjoint({k: [scans[i].patient_id for i in v] for k, v in splits.items()})
+    return splits
+
+
+def check_protocol(protocol: str) -> None:
+    """Raise ``ValueError`` unless ``protocol`` is one of :data:`PROTOCOLS`."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"ingest.protocol={protocol!r}: must be one of {', '.join(map(repr, PROTOCOLS))}"
+        )
+
+
+def in_official_test(path: str) -> bool:
+    """Whether a scan sits in the dataset's own test folder: ``.../test/<CLASS>/<file>``
+    (the folder name in any case), as in ``OCT2017/test/CNV/CNV-123-1.jpeg``."""
+    parts = PurePath(path).parts
+    return len(parts) >= 3 and parts[-3].lower() == OFFICIAL_TEST_FOLDER
+
+
+def official_split(
+    scans: Sequence[Scan],
+    val_fraction: float,
+    max_train_normals: int | None,
+    seed: int,
+) -> tuple[dict[str, list[int]], list[int]]:
+    """The literature's protocol: the dataset's own ``test`` folder is the test set.
+
+    Every scan under a ``test/<CLASS>/`` folder (:func:`in_official_test`) is a test scan,
+    whatever the count per class (OCT2017: 250 per class), so results can be set beside
+    published tables. Kermany's own division is not documented to be patient-disjoint,
+    so the normal scans outside that folder of any patient who has a scan in it (of any
+    class) are left out of training and validation, and returned for the record
+    (:data:`OFFICIAL_TEST_EXCLUSION`). Validation takes whole normal patients of the rest
+    (as in :func:`split_scans`), training the others, capped at ``max_train_normals``.
+    Diseased scans outside the test folder are not used.
+
+    Args:
+        scans: Decodable scans.
+        val_fraction: Fraction of training + validation normals held out for validation.
+        max_train_normals: Cap on training scans (None = no cap).
+        seed: Seed of the validation draw.
+
+    Returns:
+        Indices into ``scans`` for ``train``, ``val`` and ``test`` (each sorted by path),
+        and the indices of the normal scans excluded because their patient is in the test
+        folder (sorted by path).
+
+    Raises:
+        ValueError: No test folder, no normal or no diseased test scan, or too few normal
+            patients left for training and validation.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"ingest.val_fraction must be in [0, 1), got {val_fraction}")
+    test = _official_test(scans)
+    test_patients = {scans[i].patient_id for i in test}
+    outside = set(range(len(scans))) - set(test)
+    pool_all = _by_patient(scans, "NORMAL", outside)
+    excluded = [i for p in pool_all if p in test_patients for i in pool_all[p]]
+    pool = {p: idx for p, idx in pool_all.items() if p not in test_patients}
+    order = patient_order(pool, seed)
+    advice = (
+        f"the official test set's patients leave {len(order)} normal patient(s); lower "
+        "--params ingest.val_fraction, or use ingest.protocol=paper"
+    )
+    train, val = _train_val(order, pool, val_fraction, max_train_normals, advice)
+    splits = {
+        name: sorted(idx, key=lambda i: scans[i].path)
+        for name, idx in (("train", train), ("val", val), ("test", test))
+    }
+    check_patient_disjoint({k: [scans[i].patient_id for i in v] for k, v in splits.items()})
+    return splits, sorted(excluded, key=lambda i: scans[i].path)
+
+
+def _official_test(scans: Sequence[Scan]) -> list[int]:
+    """The scans of the dataset's own test folder; it must hold normal and diseased scans."""
+    test = [i for i, s in enumerate(scans) if in_official_test(s.path)]
+    test_labels = {scans[i].label for i in test}
+    if "NORMAL" not in test_labels or not test_labels & set(DISEASES):
+        found = ", ".join(sorted(test_labels)) or "no scans"
+        raise ValueError(
+            "ingest.protocol=official takes the test set from the dataset's own test folder "
+            f"(<raw_dir>/.../{OFFICIAL_TEST_FOLDER}/<CLASS>/), which must hold normal and "
+            f"diseased scans; found {found} there. Point raw_dir at the folder that holds "
+            "OCT2017/test, or use --params ingest.protocol=paper"
+        )
+    return test
+
+
+def _train_val(
+    order: Sequence[str],
+    pool: Mapping[str, Sequence[int]],
+    val_fraction: float,
+    max_train_normals: int | None,
+    advice: str,
+) -> tuple[list[int], list[int]]:
+    """Validation: whole patients of ``order`` nearest ``val_fraction`` of the scans;
+    training: the other patients' scans, capped at ``max_train_normals``."""
     n_pool = sum(len(pool[p]) for p in order)
     if max_train_normals is not None:
         n_pool = min(n_pool, math.ceil(max_train_normals / (1.0 - val_fraction)))
@@ -178,18 +293,12 @@ def split_scans(
     train = [i for p in order if p not in set(val_patients) for i in pool[p]]
     train = train[:max_train_normals] if max_train_normals is not None else train
     if not train or (val_fraction > 0 and not val):
-        left = len(order)
         raise ValueError(
-            f"only {left} normal patient(s) remain after the test set, too few for training"
-            f"{' and validation' if val_fraction > 0 else ''}: lower --params "
-            f"ingest.test_normals={test_normals} (or ingest.val_fraction), or add normal scans"
+            f"only {len(order)} normal patient(s) remain after the test set, too few for "
+            f"training{' and validation' if val_fraction > 0 else ''}: {advice}, "
+            "or add normal scans"
         )
-    splits = {
-        name: sorted(idx, key=lambda i: scans[i].path)
-        for name, idx in (("train", train), ("val", val), ("test", test))
-    }
-    check_patient_disjoint({k: [scans[i].patient_id for i in v] for k, v in splits.items()})
-    return splits
+    return train, val
 
 
 def check_enough_scans(scans: Sequence[Scan], test_normals: int, test_per_disease: int) -> None:
@@ -258,10 +367,12 @@ def find_test_duplicates(
     return dict(duplicates)
 
 
-def _by_patient(scans: Sequence[Scan], label: str) -> dict[str, list[int]]:
+def _by_patient(
+    scans: Sequence[Scan], label: str, keep: set[int] | None = None
+) -> dict[str, list[int]]:
     by_patient: dict[str, list[int]] = defaultdict(list)
     for i, scan in enumerate(scans):
-        if scan.label == label:
+        if scan.label == label and (keep is None or i in keep):
             by_patient[scan.patient_id].append(i)
     return {
         p: sorted(idx, key=lambda i: (scans[i].number, scans[i].path))

@@ -4,7 +4,7 @@ Liu & Mitrovic, "Learning to Identify Diseases From Healthy Medical Images": a V
 encoder and decoder are DCGAN-like stacks of 4x4 (transposed) convolutions with batch
 norm, and whose posterior parameters come from convolutional layers (no linear layers).
 
-Reading chosen where the paper is silent (also in the README):
+Reading chosen where the paper is silent (also in docs/model.md):
 
 * Encoder: 5 blocks ``Conv(4x4, stride 2, pad 1) -> BatchNorm -> LeakyReLU(0.2)`` halve
   the image 128 -> 64 -> 32 -> 16 -> 8 -> 4 while the width doubles

@@ -28,10 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from oct_vae.device import resolve_device
+from oct_vae.kermany import PROTOCOLS
 from oct_vae.losses import LIKELIHOODS
 from oct_vae.model import VAEConfig
 from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, ScoreConfig
-from oct_vae.training import TrainConfig, resolve_device
+from oct_vae.training import TrainConfig
 
 # params:train -> the model's and the optimiser's settings (see train/nodes.py).
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(VAEConfig) if f.name != "image_size")
@@ -173,6 +175,8 @@ INGEST: dict[str, Rule] = {
     "max_train_normals": optional(integer()),
     "max_image_pixels": integer(),
     "workers": integer(0, words="an integer >= 0 (0 = all cores)"),
+    # kermany.PROTOCOLS: paper (our own draw) or official (the dataset's test folder).
+    "protocol": choice(PROTOCOLS),
 }
 EVALUATE: dict[str, Rule] = {
     "n_samples": integer(),
@@ -191,6 +195,7 @@ SCORE: dict[str, Rule] = {
     "max_image_bytes": integer(),
     "max_request_rows": integer(),
     "max_request_bytes": integer(),
+    "heatmaps": BOOLEAN,
 }
 # Explicit rules of the train keys; a field without one gets a rule from its type.
 _TRAIN_RULES: dict[str, Rule] = {
@@ -260,6 +265,9 @@ TOP_LEVEL: dict[str, Rule] = {
     "device": text("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     # conf/kermany/catalog.yml: ``--params raw_dir=<folder>``, a runtime parameter.
     "raw_dir": not_required(text("a folder (a string)")),
+    # conf/base/catalog.yml, real_scans: ``--params real_dir=<folder>`` of real labelled
+    # scans that evaluate scores as a transfer test (default ../shared/data).
+    "real_dir": not_required(text("a folder (a string)")),
 }
 
 

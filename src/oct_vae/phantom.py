@@ -3,7 +3,9 @@
 A fresh clone has no real data (it is a manual download), so the pipeline runs on this phantom:
 layered retinas with a foveal pit on a curved, tilted band, a textured choroid, speckle, vessel
 shadows and the white registration wedges of real Spectralis exports, written as
-``<root>/{train,test}/<CLASS>/<CLASS>-<patient>-<n>.jpeg`` (8-bit grayscale, 512x496 or 768x496).
+``<root>/{train,test}/<CLASS>/<CLASS>-<patient>-<n>.jpeg`` (8-bit grayscale JPEG at the real
+files' quality 75; 512x496, 768x496 or wide-field 1536x496). Version 2 (``FORMAT_VERSION``)
+was fitted to summary statistics of 59 real scans (docs/phantom.md, docs/realism.md).
 Diseases (CNV, DME, DRUSEN) are local lesions whose size and contrast scale with ``severity``;
 anatomy, gain and artefacts vary more between patients than lesions change global statistics,
 so disease is visible in local structure only, as on real scans.
@@ -28,12 +30,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from oct_vae.fileio import atomic_write, sweep_stale_temp_files
+from oct_vae.kermany import CLASSES
 
-CLASSES = ("NORMAL", "CNV", "DME", "DRUSEN")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_NAME = "phantom.json"
 _PARTIAL_NAME = ".phantom-partial.json"
 REF_HEIGHT = 496  # all vertical sizes below are pixels at this height
@@ -51,24 +52,24 @@ _LAYERS = (
     ("IPL", 8.0, 82.0, 1.1),  # inner plexiform
     ("INL", 8.0, 50.0, 1.0),  # inner nuclear
     ("OPL", 6.0, 76.0, 0.8),  # outer plexiform
-    ("ONL", 17.0, 44.0, -0.3),  # outer nuclear + Henle fibres
+    ("ONL", 17.0, 50.0, -0.3),  # outer nuclear + Henle fibres
     ("ELM", 1.5, 75.0, 0.0),  # external limiting membrane
-    ("MZ", 3.0, 48.0, 0.0),  # myoid zone
-    ("EZ", 4.0, 195.0, 0.0),  # ellipsoid zone
-    ("IZ", 3.0, 80.0, 0.0),  # outer segments / interdigitation
-    ("SRF", 0.0, 12.0, 0.0),  # subretinal fluid
+    ("MZ", 3.0, 85.0, 0.0),  # myoid zone
+    ("EZ", 4.0, 150.0, 0.0),  # ellipsoid zone
+    ("IZ", 3.0, 140.0, 0.0),  # outer segments / interdigitation
+    ("SRF", 0.0, 20.0, 0.0),  # subretinal fluid
     ("SHRM", 0.0, 190.0, 0.0),  # subretinal hyperreflective material (CNV)
-    ("RPE", 7.0, 238.0, 0.0),  # retinal pigment epithelium
+    ("RPE", 7.0, 165.0, 0.0),  # retinal pigment epithelium
     ("SUB", 0.0, 100.0, 0.0),  # sub-RPE deposit (drusen), ends on Bruch's membrane
 )
 _L = {name: i for i, (name, *_rest) in enumerate(_LAYERS)}
 _THICK = np.array([t for _, t, _, _ in _LAYERS], dtype=np.float32)
 _REFL = np.array([r for _, _, r, _ in _LAYERS], dtype=np.float32)
 _FOVEA = np.array([f for _, _, _, f in _LAYERS], dtype=np.float32)
-_CHOROID_REFL = 112.0
-_DEPTH_DECAY = 80.0  # px, e-folding of the signal below Bruch's membrane
-_DEEP_FLOOR = 9.0
-_FLUID = 12.0
+_CHOROID_REFL = 95.0
+_DEPTH_DECAY = 110.0  # px, e-folding of the signal below Bruch's membrane
+_DEEP_FLOOR = 4.0
+_FLUID = 20.0
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,13 @@ class PhantomConfig:
     n_normal_patients: int = 450
     n_patients_per_disease: int = 60
     scans_per_patient: tuple[int, int] = (2, 8)
-    wide_fraction: float = 0.25
+    wide_fraction: float = 0.33
     severity: float = 1.0
     cnv_lesions: tuple[int, int] = (1, 2)
-    dme_cysts: tuple[int, int] = (3, 8)
+    dme_cysts: tuple[int, int] = (2, 10)
     drusen_count: tuple[int, int] = (3, 7)
     test_fraction: float = 0.1
-    jpeg_quality: int = 92
+    jpeg_quality: int = 75
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -138,7 +139,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     vessels = rng.uniform(0.03, 0.97, size=n_vessels)
     vessels = vessels[np.abs(vessels - fovea_x) > 0.08]
     return Anatomy(
-        bruch_y=float(rng.uniform(0.38, 0.70)),
+        bruch_y=float(rng.uniform(0.32, 0.66)),
         tilt=float(np.clip(rng.normal(0.0, 35.0), -85.0, 85.0)),
         sag=float(rng.uniform(-20.0, 90.0)),
         wobble=tuple(float(v) for v in rng.normal(0.0, 3.0, size=2) * (1.0, 0.5)),
@@ -151,8 +152,8 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         reflectivity=tuple(float(v) for v in np.exp(rng.normal(0.0, 0.08, size=n_layers))),
         nasal_side=float(rng.choice((-1.0, 1.0))),
         choroid=float(rng.uniform(35.0, 85.0)),
-        gain=float(np.exp(rng.normal(0.0, 0.06))),
-        vitreous=float(rng.uniform(22.0, 30.0)),
+        gain=float(np.exp(rng.normal(0.08, 0.08))),
+        vitreous=float(rng.uniform(18.0, 32.0)),
         vessels=tuple(float(v) for v in np.sort(vessels)),
         lesion_seed=int(rng.integers(0, 2**31 - 1)),
     )
@@ -174,6 +175,7 @@ class _Scene:
     # (x, host layer index, x radius, y radius in px, kind, reflectivity)
     ellipses: list[tuple[float, int, float, float, str, float]]
     base_thick: np.ndarray  # (n_layers,) px, healthy thickness away from the fovea
+    field: float = 1.0  # lateral field of view relative to a 512/768-wide scan
     bounds: np.ndarray | None = None  # (n_layers + 2, wl): ILM .. Bruch, choroid bottom
     gain: float = 1.0
 
@@ -225,17 +227,23 @@ def _dome(s: np.ndarray, c: float, r: float, p: float = 0.6) -> np.ndarray:
     return _clip(1.0 - ((s - c) / r) ** 2, 0.0, 1.0) ** p
 
 
-def _base_scene(anatomy: Anatomy, rng: np.random.Generator, wl: int, height: int) -> _Scene:
-    """Healthy geometry of one B-scan: the patient's anatomy plus scan-to-scan jitter."""
+def _base_scene(anatomy: Anatomy, rng: np.random.Generator, wl: int, height: int,
+                field: float = 1.0) -> _Scene:
+    """Healthy geometry of one B-scan: the patient's anatomy plus scan-to-scan jitter.
+
+    ``field`` > 1 widens the lateral field of view (1536-wide scans cover twice the width):
+    ``s`` is then the anatomical position, in units of a standard scan's width.
+    """
     hs = height / REF_HEIGHT
-    s = (np.arange(wl, dtype=np.float32) + 0.5) / wl
+    px = (np.arange(wl, dtype=np.float32) + 0.5) / wl
+    s = (0.5 + (px - 0.5) * field).astype(np.float32)
     dy, dtilt = rng.normal(0.0, 6.0), rng.normal(0.0, 5.0)
     fovea = anatomy.fovea_x + rng.normal(0.0, 0.015)
     pit = anatomy.pit_depth * rng.uniform(0.65, 1.0)  # B-scan slightly off the foveal centre
-    u = s - 0.5
+    u = px - 0.5
     shape = (anatomy.tilt + dtilt) * u + -anatomy.sag * 4.0 * u**2
     for k, (a, ph) in enumerate(zip(anatomy.wobble, anatomy.wobble_phase, strict=True)):
-        shape = shape + a * np.sin(2 * np.pi * (k + 1) * s + ph)
+        shape = shape + a * np.sin(2 * np.pi * (k + 1) * px + ph)
     bruch = anatomy.bruch_y * height + (shape + dy) * hs
 
     base = _THICK * np.asarray(anatomy.layer_scale, np.float32) * anatomy.thickness
@@ -253,7 +261,7 @@ def _base_scene(anatomy: Anatomy, rng: np.random.Generator, wl: int, height: int
     choroid = np.full(wl, anatomy.choroid * hs, np.float32)
     return _Scene(s, np.arange(height, dtype=np.float32), hs, float(fovea),
                   bruch.astype(np.float32), thick.astype(np.float32), refl, choroid,
-                  np.ones(wl, np.float32), [], (base * hs).astype(np.float32))
+                  np.ones(wl, np.float32), [], (base * hs).astype(np.float32), field)
 
 
 def _add_cnv(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
@@ -265,21 +273,21 @@ def _add_cnv(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
         main = i == 0
         offset = pat.normal(0.0, 0.05) if main else pat.choice((-1, 1)) * pat.uniform(0.12, 0.3)
         c = sc.fovea + offset
-        r = (pat.uniform(0.09, 0.17) if main else pat.uniform(0.04, 0.07)) * np.sqrt(sev)
-        h = (pat.uniform(40.0, 65.0) if main else pat.uniform(16.0, 28.0)) * sev * hs
+        r = (pat.uniform(0.07, 0.15) if main else pat.uniform(0.03, 0.06)) * np.sqrt(sev)
+        h = (pat.uniform(20.0, 42.0) if main else pat.uniform(10.0, 20.0)) * sev * hs
         fluid = pat.random() < (0.9 if main else 0.5)
-        fr, fh, fo = pat.uniform(1.1, 1.7), pat.uniform(9.0, 20.0), pat.uniform(-0.9, 0.9)
+        fr, fh, fo = pat.uniform(1.1, 1.7), pat.uniform(6.0, 16.0), pat.uniform(-0.9, 0.9)
         size = rng.uniform(0.75, 1.1)
         c += rng.normal(0.0, 0.01)
         env = _dome(s, c, r * size, 0.7)
-        rough = np.clip(1.0 + 0.2 * _smooth_noise(rng, len(s), 1.2 * len(s) / 128)
-                        + 0.25 * _smooth_noise(rng, len(s), 4.0 * len(s) / 128), 0.4, 1.6)
+        rough = np.clip(1.0 + 0.12 * _smooth_noise(rng, len(s), 1.2 * len(s) / 128)
+                        + 0.2 * _smooth_noise(rng, len(s), 4.0 * len(s) / 128), 0.4, 1.6)
         shrm = h * size * env * rough
         sc.thick[_L["SHRM"]] += shrm
         # the retina drapes smoothly over the irregular material; fluid fills the gaps
         drape = h * size * _dome(s, c, 1.4 * r * size, 1.0)
-        sc.thick[_L["SRF"]] += 0.8 * np.clip(drape - shrm, 0.0, None)
-        refl = rng.uniform(160.0, 220.0) * np.clip(1 + 0.2 * _smooth_noise(rng, len(s), 1.0),
+        sc.thick[_L["SRF"]] += 0.5 * np.clip(drape - shrm, 0.0, None)
+        refl = rng.uniform(95.0, 160.0) * np.clip(1 + 0.2 * _smooth_noise(rng, len(s), 1.0),
                                                    0.6, 1.4)
         sc.refl[_L["SHRM"]] = np.where(env > 0, refl, sc.refl[_L["SHRM"]])
         sc.refl[_L["RPE"]] *= 1.0 - 0.45 * env  # disrupted RPE under the lesion
@@ -301,7 +309,7 @@ def _add_dme(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
     sev, hs, s = cfg.severity, sc.hs, sc.s
     c = sc.fovea + pat.normal(0.0, 0.03)
     w = pat.uniform(0.1, 0.2)
-    amount = pat.uniform(0.8, 1.3) * sev * rng.uniform(0.8, 1.1)
+    amount = pat.uniform(0.5, 1.1) * sev * rng.uniform(0.8, 1.1)
     env = np.exp(-0.5 * ((s - c) / w) ** 4)  # flat-topped oedema
     for name in ("INL", "OPL", "ONL"):
         i = _L[name]
@@ -316,8 +324,8 @@ def _add_dme(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
     for _ in range(n):
         x = c + pat.normal(0.0, 0.08) + rng.normal(0.0, 0.008)
         onl = pat.random() < 0.6
-        rx = pat.uniform(0.04, 0.07) * np.sqrt(sev) * rng.uniform(0.75, 1.1)
-        ry = (pat.uniform(20.0, 38.0) if onl else pat.uniform(11.0, 19.0)) * sev * hs
+        rx = pat.uniform(0.015, 0.055) * np.sqrt(sev) * rng.uniform(0.75, 1.1)
+        ry = (pat.uniform(7.0, 26.0) if onl else pat.uniform(5.0, 13.0)) * sev * hs
         ry *= rng.uniform(0.7, 1.1)
         if rng.random() < 0.1:
             continue  # this B-scan misses the cyst
@@ -325,13 +333,13 @@ def _add_dme(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
         # the cyst swells its layer (neighbouring cysts share the swelling)
         bump = 2.1 * ry * np.exp(-0.5 * ((s - x) / max(1.5 * rx, 0.05)) ** 4)
         np.maximum(swell[int(onl)], bump, out=swell[int(onl)])
-        sc.ellipses.append((x, host, rx, ry, "cyst", rng.uniform(3.0, 10.0)))
+        sc.ellipses.append((x, host, rx, ry, "cyst", rng.uniform(14.0, 34.0)))
     sc.thick[_L["INL"]] += swell[0]
     sc.thick[_L["ONL"]] += swell[1]
-    if pat.random() < 0.9:  # hard exudates / hyperreflective foci in the outer plexiform layer
-        for _ in range(int(pat.integers(5, 15))):
+    if pat.random() < 0.6:  # hard exudates / hyperreflective foci in the outer plexiform layer
+        for _ in range(int(pat.integers(2, 10))):
             sc.ellipses.append((c + pat.normal(0.0, 0.1), _L["OPL"], 0.012 * np.sqrt(sev),
-                                4.0 * hs * np.sqrt(sev), "dot", rng.uniform(210.0, 255.0)))
+                                4.0 * hs * np.sqrt(sev), "dot", rng.uniform(150.0, 235.0)))
     if pat.random() < 0.35:  # small serous detachment under the fovea
         sc.thick[_L["SRF"]] += pat.uniform(6.0, 14.0) * sev * hs * _dome(s, sc.fovea, 0.06, 0.5)
 
@@ -344,8 +352,8 @@ def _add_drusen(sc: _Scene, pat: np.random.Generator, rng: np.random.Generator,
     total = np.zeros_like(s)
     for _ in range(n):
         c = sc.fovea + pat.uniform(-0.28, 0.28) + rng.normal(0.0, 0.006)
-        r = pat.uniform(0.028, 0.06) * np.sqrt(sev)
-        h = pat.uniform(20.0, 36.0) * sev * hs * rng.uniform(0.75, 1.1)
+        r = pat.uniform(0.02, 0.055) * np.sqrt(sev)
+        h = pat.uniform(7.0, 24.0) * sev * hs * rng.uniform(0.75, 1.1)
         total = np.maximum(total, h * _dome(s, c, r, 0.6))
     sc.thick[_L["SUB"]] += total
     sc.refl[_L["SUB"]] = rng.uniform(55.0, 85.0)
@@ -380,34 +388,49 @@ def _clean_image(sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> np.n
     f = np.interp(edges, (knots.T + off[:, None]).ravel(), cum.T.ravel()).reshape(wl, h + 1)
     img = np.empty((wl, h), np.float32)
     np.subtract(f[:, 1:], f[:, :-1], out=img, casting="same_kind")
+    _draw_ellipses(img, sc)
+    _below_bruch(img, sc, anatomy, tex)
+    return img
 
-    y, s = sc.y, sc.s
-    for x, where, rx, ry, _kind, value in sc.ellipses:
+
+def _draw_ellipses(img: np.ndarray, sc: _Scene) -> None:
+    """Paint cysts and dots (soft-edged ellipses centred in their host layer) into ``img``."""
+    h, wl = sc.y.shape[0], sc.s.shape[0]
+    bounds, y, s = sc.bounds, sc.y, sc.s
+    for xa, where, rx, ry, _kind, value in sc.ellipses:
+        x = 0.5 + (xa - 0.5) / sc.field  # column position as a width fraction
         j = min(max(round(x * wl - 0.5), 0), wl - 1)
         yc = 0.5 * (bounds[int(where), j] + bounds[int(where) + 1, j])
         r0, r1 = max(int(yc - ry - 2), 0), min(int(yc + ry + 3), h)
-        c0, c1 = max(int((x - rx) * wl - 2), 0), min(int((x + rx) * wl + 3), wl)
+        rxp = rx / sc.field
+        c0, c1 = max(int((x - rxp) * wl - 2), 0), min(int((x + rxp) * wl + 3), wl)
         if r0 >= r1 or c0 >= c1:
             continue
-        t = np.sqrt(((s[c0:c1, None] - x) / rx) ** 2 + ((y[None, r0:r1] - yc) / ry) ** 2)
-        m = _clip((1.0 - t) * ry, 0.0, 1.0)  # ~1 px soft edge
+        t = np.sqrt(((s[c0:c1, None] - xa) / rx) ** 2 + ((y[None, r0:r1] - yc) / ry) ** 2)
+        m = _clip((1.0 - t) * (0.4 * ry), 0.0, 1.0)  # ~2.5 px soft edge
         img[c0:c1, r0:r1] += m * (value - img[c0:c1, r0:r1])
 
-    # Below Bruch's membrane: choroidal vessel lumens, vertical streaks and lesion shadows, a
-    # softer sclera below the choroid, then exponential attenuation with depth.
-    hs = sc.hs
+
+def _below_bruch(img: np.ndarray, sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> None:
+    """Choroid and shadows, vessel shading and the axial PSF, in place.
+
+    Below Bruch's membrane: choroidal vessel lumens, vertical streaks and lesion shadows, a
+    softer sclera below the choroid, then exponential attenuation with depth.
+    """
+    h, wl = sc.y.shape[0], sc.s.shape[0]
+    bounds, y, s, hs = sc.bounds, sc.y, sc.s, sc.hs
     r0 = min(max(int(np.floor(sc.bruch.min())), 0), h - 1)  # rows above r0 are all retina
     depth = y[None, r0:] - sc.bruch[:, None]
     bank = _lumen_bank(1024 if h <= 1024 else 1 << (h - 1).bit_length())
     ox, oy = tex.integers(0, bank.shape[0] - wl + 1), tex.integers(0, bank.shape[1] - h + 1)
     lumen = bank[ox:ox + wl, oy + r0:oy + h][::1 if tex.random() < 0.5 else -1]
-    lumen = lumen * np.clip((depth - 5.0 * hs) * (1.0 / (12.0 * hs)), 0.0, 1.0)
+    lumen = lumen * np.clip((depth - 10.0 * hs) * (1.0 / (25.0 * hs)), 0.0, 1.0)
     sclera = depth - sc.choroid[:, None]
     sclera *= 1.0 / (25.0 * hs)
     sclera += 0.5
     np.clip(sclera, 0.0, 1.0, out=sclera)
     streak = 1.0 + 0.14 * _clip(_smooth_noise(tex, wl, 0.7), -2.0, 2.0)
-    below = 1.0 - 0.55 * lumen * (1.0 - 0.6 * sclera)
+    below = 1.0 - 0.35 * lumen * (1.0 - 0.6 * sclera)
     below *= 1.0 - 0.45 * sclera
     below *= (streak * sc.shadow)[:, None]
     att = np.maximum(depth, 0.0)
@@ -426,7 +449,7 @@ def _clean_image(sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> np.n
     vshade = np.ones(wl, np.float32)
     jitter = tex.normal(0.0, 0.01)
     for v in anatomy.vessels:
-        vshade *= 1.0 - 0.3 * np.exp(-0.5 * ((s - v - jitter) / 0.004) ** 2)
+        vshade *= 1.0 - 0.2 * np.exp(-0.5 * ((s - v - jitter) / 0.004) ** 2)
     gcl = bounds[_L["GCL"]]
     r1 = min(max(int(np.floor(gcl.min())), 0), h - 1)
     m = y[None, r1:] - gcl[:, None]
@@ -435,12 +458,12 @@ def _clean_image(sc: _Scene, anatomy: Anatomy, tex: np.random.Generator) -> np.n
     m *= (vshade - 1.0)[:, None]
     m += 1.0
     img[:, r1:] *= m
-    # axial point-spread function [1, 2, 1] / 4
-    t = img[:, :-2] + img[:, 2:]
-    t *= 0.25
-    img[:, 1:-1] *= 0.5
-    img[:, 1:-1] += t
-    return img
+    # axial point-spread function: [1, 2, 1] / 4 three times (sigma ~1.2 px)
+    for _ in range(3):
+        t = img[:, :-2] + img[:, 2:]
+        t *= 0.25
+        img[:, 1:-1] *= 0.5
+        img[:, 1:-1] += t
 
 
 @lru_cache(maxsize=8)
@@ -511,7 +534,8 @@ def _scene(label: str, anatomy: Anatomy, rng: np.random.Generator, width: int, h
         raise ValueError(f"unknown label {label!r}; expected one of {CLASSES}")
     seeds = rng.integers(0, 2**63 - 1, size=5)
     streams = [np.random.default_rng(int(x)) for x in seeds]
-    sc = _base_scene(anatomy, streams[0], max(16, min(width // _DS, _MAX_COLS)), height)
+    field = 2.0 if width > 1024 else 1.0
+    sc = _base_scene(anatomy, streams[0], max(16, min(width // _DS, _MAX_COLS)), height, field)
     sc.gain = anatomy.gain * float(np.exp(streams[0].normal(0.0, 0.04)))
     if label != "NORMAL":
         pat = np.random.default_rng([anatomy.lesion_seed, CLASSES.index(label)])
@@ -544,19 +568,7 @@ def render_bscan(label: str, anatomy: Anatomy, rng: np.random.Generator, width: 
     g_tex, g_noise, g_art = streams[2:]
     wl, gain = sc.s.shape[0], sc.gain
     img = _clean_image(sc, anatomy, g_tex)  # (wl, height)
-
-    # noise: tissue speckle ~8 % of the signal plus a strong floor noise in the vitreous
-    ilm = sc.bounds[0][:, None]
-    sigma = np.clip(ilm - sc.y[None, :], 0.0, 1.0)
-    sigma *= 0.25 * anatomy.vitreous
-    sigma += 2.5
-    sigma += 0.08 * img
-    if g_art.random() < 0.12:  # posterior hyaloid membrane floating in the vitreous
-        a, b = g_art.uniform(15, 70) * sc.hs, g_art.uniform(-200, 200) * sc.hs
-        c0 = g_art.uniform(-0.2, 0.6)
-        yh = sc.bounds[0] - a - b * (sc.s - c0) ** 2 * (sc.s > c0)
-        band = 60.0 * np.exp(-0.5 * ((sc.y[None, :] - yh[:, None]) / 1.2) ** 2)
-        img += band * (sc.y[None, :] < ilm - 4) * ((sc.s > c0) & (sc.s < c0 + 0.6))[:, None]
+    sigma = _vitreous_and_sigma(img, sc, anatomy, g_tex, g_art)
 
     # Full resolution, transposed (width, height): lateral linear upsampling of the clean
     # image, nearest-column upsampling of the noise amplitude, plus speckle.
@@ -582,6 +594,33 @@ def render_bscan(label: str, anatomy: Anatomy, rng: np.random.Generator, width: 
     return out
 
 
+def _vitreous_and_sigma(img: np.ndarray, sc: _Scene, anatomy: Anatomy, g_tex: np.random.Generator,
+                        g_art: np.random.Generator) -> np.ndarray:
+    """Add the vitreous haze and a posterior hyaloid to ``img``; return the noise amplitude.
+
+    The vitreous haze brightens towards the retina and varies smoothly across the scan.
+    """
+    wl = sc.s.shape[0]
+    ilm = sc.bounds[0][:, None]
+    vit = np.clip(ilm - sc.y[None, :], 0.0, 1.0)
+    ramp = _clip(sc.y[None, :] / np.maximum(ilm, 1.0), 0.0, 1.0) ** 2
+    ramp *= 0.25
+    ramp += (0.82 + 0.3 * _clip(_smooth_noise(g_tex, wl, wl / 6.0), -1.5, 1.5))[:, None]
+    img += vit * (ramp - 1.0) * anatomy.vitreous
+    # noise: tissue speckle ~5 % of the signal plus a strong floor noise in the vitreous
+    sigma = vit.copy()
+    sigma *= 0.27 * anatomy.vitreous
+    sigma += 4.0
+    sigma += 0.05 * img
+    if g_art.random() < 0.12:  # posterior hyaloid membrane floating in the vitreous
+        a, b = g_art.uniform(15, 70) * sc.hs, g_art.uniform(-200, 200) * sc.hs
+        c0 = g_art.uniform(-0.2, 0.6)
+        yh = sc.bounds[0] - a - b * (sc.s - c0) ** 2 * (sc.s > c0)
+        band = 60.0 * np.exp(-0.5 * ((sc.y[None, :] - yh[:, None]) / 1.2) ** 2)
+        img += band * (sc.y[None, :] < ilm - 4) * ((sc.s > c0) & (sc.s < c0 + 0.6))[:, None]
+    return sigma
+
+
 @lru_cache(maxsize=8)
 def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.intp), n_in - 1)
@@ -590,11 +629,11 @@ def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
 def _registration_artefacts(out: np.ndarray, rng: np.random.Generator) -> None:
     """White wedges and edge columns left by Spectralis' registration (512-wide scans only)."""
     height, width = out.shape
-    u, mid, slope = rng.random(), rng.exponential(13.0), rng.uniform(-35.0, 35.0)
+    u, mid, slope = rng.random(), rng.exponential(28.0), rng.uniform(-35.0, 35.0)
     edge, side, ew = rng.random(), rng.random(), int(rng.integers(1, 3))
     if width > 600:
         return
-    mid = min(mid, 75.0) * height / REF_HEIGHT
+    mid = min(mid, 140.0) * height / REF_HEIGHT
     line = mid + slope * (np.arange(width, dtype=np.float32) / width - 0.5)
     rows = np.arange(height, dtype=np.float32)[:, None]
     if u < 0.55:
@@ -663,8 +702,16 @@ def scan_image(config: PhantomConfig, label: str, pid: int, n: int) -> np.ndarra
     prng.integers(config.scans_per_patient[0], config.scans_per_patient[1] + 1)
     anatomy = sample_anatomy(prng)
     rng = _patient_rng(config.seed, pid, n)
-    width = 768 if rng.random() < config.wide_fraction else 512
+    width = scan_width(rng, config)
     return render_bscan(label, anatomy, rng, width, REF_HEIGHT, config)
+
+
+def scan_width(rng: np.random.Generator, config: PhantomConfig) -> int:
+    """Width of the next scan: ``wide_fraction`` are wide, a fifth of them 1536 (wide field)."""
+    u = rng.random()
+    if u >= config.wide_fraction:
+        return 512
+    return 1536 if u < 0.2 * config.wide_fraction else 768
 
 
 def _write_patient(args: tuple[str, PhantomConfig, _Patient, bool]) -> int:
@@ -678,10 +725,10 @@ def _write_patient(args: tuple[str, PhantomConfig, _Patient, bool]) -> int:
         if skip_existing and path.exists():
             continue
         rng = _patient_rng(config.seed, p.pid, n)
-        width = 768 if rng.random() < config.wide_fraction else 512
+        width = scan_width(rng, config)
         img = render_bscan(p.label, anatomy, rng, width, REF_HEIGHT, config)
         buf = io.BytesIO()
-        Image.fromarray(img, "L").save(buf, "JPEG", quality=config.jpeg_quality)
+        _pil_image().fromarray(img, "L").save(buf, "JPEG", quality=config.jpeg_quality)
         _write_atomic(path, buf.getvalue())
         written += 1
     return written
@@ -755,7 +802,16 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
             list(ex.map(_write_patient, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
     seconds = time.perf_counter() - t0
+    summary = _summary(plan, len(files), seconds, want)
+    meta = {"format_version": FORMAT_VERSION, "config": want, "n_files": len(files),
+            "summary": summary}
+    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+    partial_path.unlink(missing_ok=True)
+    return {**summary, "reused": False}
 
+
+def _summary(plan: list[_Patient], n_files: int, seconds: float, want: dict) -> dict:
+    """Counts per class and split, patients per class, time and configuration."""
     counts = {c: 0 for c in CLASSES}
     by_split = {s: {c: 0 for c in CLASSES} for s in ("train", "test")}
     n_patients = {c: 0 for c in CLASSES}
@@ -763,14 +819,9 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
         counts[p.label] += p.n_scans
         by_split[p.split][p.label] += p.n_scans
         n_patients[p.label] += 1
-    summary = {"counts": counts, "counts_by_split": by_split, "patients": n_patients,
-               "n_files": len(files), "seconds": round(seconds, 3), "config": want,
-               "format_version": FORMAT_VERSION}
-    meta = {"format_version": FORMAT_VERSION, "config": want, "n_files": len(files),
-            "summary": summary}
-    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
-    partial_path.unlink(missing_ok=True)
-    return {**summary, "reused": False}
+    return {"counts": counts, "counts_by_split": by_split, "patients": n_patients,
+            "n_files": n_files, "seconds": round(seconds, 3), "config": want,
+            "format_version": FORMAT_VERSION}
 
 
 def iter_files(root: str | os.PathLike) -> Iterable[Path]:
@@ -779,3 +830,50 @@ def iter_files(root: str | os.PathLike) -> Iterable[Path]:
     for split in ("train", "test"):
         for label in CLASSES:
             yield from sorted((root / split / label).glob("*.jpeg"))
+
+
+def layered_scans(n: int, size: int = 128, seed: int = 0) -> np.ndarray:
+    """Layered, speckled, retina-like uint8 images (N, size, size), fast to make.
+
+    Seven curved, tilted bands of random reflectivity with a foveal dip, a dark
+    vitreous above and multiplicative speckle: enough structure that a VAE has something
+    to learn, in memory at ~10,000 images/s: for benchmarks and tests, where writing and
+    decoding JPEG files of ``generate_phantom`` would cost more than what is measured.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size), dtype=np.uint8)
+    xs = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    rows = np.arange(size, dtype=np.float32)[None, None, :, None]
+    k = 7
+    for start in range(0, n, 256):
+        m = min(256, n - start)
+        top = rng.uniform(0.25, 0.45, (m, 1, 1)) * size
+        thick = rng.uniform(0.02, 0.07, (m, k, 1)) * size
+        tilt = rng.uniform(-0.1, 0.1, (m, 1, 1)) * size * xs
+        bowl = rng.uniform(0.0, 0.12, (m, 1, 1)) * size * xs**2
+        centre = rng.uniform(-0.3, 0.3, (m, 1, 1))
+        pit = rng.uniform(0.0, 0.08, (m, 1, 1)) * size * np.exp(-(((xs - centre) / 0.15) ** 2))
+        depth = np.arange(k)[None, :, None] / k
+        bounds = top + np.cumsum(thick, axis=1) + tilt + bowl - pit * (1 - depth)  # (m, k, S)
+        layer = np.zeros((m, size, size), dtype=np.intp)  # 0 = vitreous, then bands 1..k
+        for j in range(k):
+            layer += rows[:, 0] > bounds[:, j, None, :]
+        refl = rng.uniform(40, 220, (m, k + 1)).astype(np.float32)
+        refl[:, 0] = rng.uniform(5, 20, m)
+        layer += (np.arange(m) * (k + 1))[:, None, None]
+        img = refl.ravel()[layer]
+        # speckle with 2x2-pixel grains: a quarter of the random draws
+        grain = rng.standard_normal((m, size // 2, size // 2), dtype=np.float32)
+        img *= 1.0 + 0.35 * grain.repeat(2, axis=1).repeat(2, axis=2)
+        np.clip(img, 0, 255, out=img)
+        out[start : start + m] = img.astype(np.uint8)
+    return out
+
+
+def _pil_image():
+    """Pillow, imported when JPEG files are written: ``layered_scans`` and the renderer need
+    only numpy (a benchmark box may have torch and numpy alone)."""
+    from PIL import Image
+
+    return Image
+

@@ -4,8 +4,9 @@ The served MLflow model receives scans as base64 text; :func:`decode_request` tu
 row into a ``uint8`` image with :func:`oct_vae.imaging.load_scan` (the ingest
 preprocessing) or into an error reason for that row alone. Request bytes are only ever
 decoded, never opened as a file path. :func:`score_decoded` scores the decodable images
-one at a time, so a scan's scores do not depend on the other scans of the request or
-folder, and returns one row per input, with the error of each row that failed.
+in batches, with every score that evaluation reports; a scan's scores do not depend on
+the other scans of the request or folder. It returns one row per input, with the error
+of each row that failed.
 :data:`DETECTORS` keeps the served model's network between requests.
 
 Used by the ``score`` and ``inference`` pipelines. Imports only numpy, torch and the
@@ -29,7 +30,7 @@ import torch
 
 from oct_vae.detector import AnomalyDetector
 from oct_vae.imaging import RejectedScan, load_scan
-from oct_vae.scores import PAPER_SCORES
+from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 
 # Largest decoded image accepted in one request row (bytes).
 MAX_IMAGE_BYTES = 20_000_000
@@ -176,13 +177,25 @@ def check_flag_score(detector: AnomalyDetector, flag_score: str) -> None:
         )
 
 
+def score_names(detector: AnomalyDetector) -> list[str]:
+    """Every score the checkpoint is calibrated on, in the order of the answer's columns:
+    the paper's (``reconstruction``, ``kl``, ``vae``), the scores beyond the paper, then the
+    two trivial baselines (named ``baseline_*``), as evaluation reports them."""
+    known = [
+        n for n in (*PAPER_SCORES, *EXTRA_SCORES, *BASELINE_SCORES) if n in detector.calibration
+    ]
+    return known + sorted(set(detector.calibration) - set(known))
+
+
 def score_decoded(
     detector: AnomalyDetector, decoded: Decoded, flag_score: str, specificity: float
 ) -> dict[str, list[Any]]:
     """Score every decodable image; one row per input.
 
-    Each image is scored on its own (the posterior samples are seeded per image), so its
-    scores are the same whatever else is scored with it.
+    The decodable images are scored together (``AnomalyDetector.score``, in batches of
+    ``score_config.batch_size``), but each one's scores are the same whatever else is
+    scored with it: every image gets the same seeded posterior draws and every score is
+    computed per image (``tests/test_serving.py`` checks this to the last bit).
 
     Args:
         detector: The calibrated model.
@@ -191,27 +204,33 @@ def score_decoded(
         specificity: Share of validation normals at or below the threshold.
 
     Returns:
-        Columns of equal length: the paper's scores (and ``flag_score``), their
-        percentiles among validation normals, ``flag_score``, ``threshold``,
-        ``anomalous`` and ``error``; score cells are ``None`` on rows with an error.
+        Columns of equal length: every score of :func:`score_names`, then their
+        ``<score>_percentile`` among validation normals in the same order, then
+        ``flag_score``, ``threshold``, ``anomalous`` and ``error``; score cells are
+        ``None`` on rows with an error.
 
     Raises:
         ValueError: ``flag_score`` is not a score of the checkpoint.
     """
     check_flag_score(detector, flag_score)
     threshold = detector.threshold(flag_score, specificity)
-    names = list(dict.fromkeys((*PAPER_SCORES, flag_score)))
-    cols: dict[str, list[Any]] = {k: [] for k in names}
-    cols.update({f"{k}_percentile": [] for k in names})
-    for image, error in zip(decoded.images, decoded.errors):
-        scores = detector.score(image[None]) if error is None else {}
-        for name in names:
-            value = float(scores[name][0]) if scores else None
-            cols[name].append(value)
-            cols[f"{name}_percentile"].append(
-                float(detector.percentile(name, value)) if scores else None
-            )
+    names = score_names(detector)
+    ok = decoded.ok
+    scores = detector.score(decoded.images[ok]) if ok.any() else {}
     n = len(decoded.errors)
+    rows = np.flatnonzero(ok)
+    cols: dict[str, list[Any]] = {}
+    for name in names:
+        values: list[Any] = [None] * n
+        for row, value in zip(rows, scores.get(name, ())):
+            values[row] = float(value)
+        cols[name] = values
+    for name in names:
+        percentiles: list[Any] = [None] * n
+        if name in scores:
+            for row, value in zip(rows, detector.percentile(name, scores[name])):
+                percentiles[row] = float(value)
+        cols[f"{name}_percentile"] = percentiles
     cols["flag_score"] = [flag_score] * n
     cols["threshold"] = [threshold] * n
     cols["anomalous"] = [None if v is None else bool(v > threshold) for v in cols[flag_score]]

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
+from omegaconf.resolvers import oc
 
 from oct_vae.hooks import (
     MainProcessOnlyHook,
@@ -15,6 +16,8 @@ from oct_vae.hooks import (
     ScorerCopyCleanupHook,
 )
 from oct_vae.parameter_hook import CheckParametersHook
+from oct_vae.registry_hook import ModelRegistryHook
+from oct_vae.requirements import pins
 
 
 def project_root() -> str:
@@ -26,6 +29,9 @@ def project_root() -> str:
 
 _ISOLATION = RunIsolationHook()
 HOOKS = (
+    # First: its trylast after_pipeline_run then runs after every other hook's (kedro-mlflow
+    # logs and registers the model, MlflowRunStateHook closes the run) and tags the version.
+    ModelRegistryHook(),
     _ISOLATION,
     MissingInputsHook(),
     PrivateMlflowHook(),
@@ -48,5 +54,7 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # An environment (kermany, tiny, local) overrides only the parameter keys it sets.
     "merge_strategy": {"parameters": "soft"},
-    "custom_resolvers": {"project_root": project_root},
+    # oc.env: conf/team/mlflow.yml reads MLFLOW_TRACKING_URI (Kedro allows environment
+    # variables only in credentials unless the resolver is registered).
+    "custom_resolvers": {"project_root": project_root, "pins": pins, "oc.env": oc.env},
 }

@@ -1,25 +1,26 @@
-"""Training loop of the VAE: device choice, fast path, validation, checkpoints, resume.
+"""Training loop of the VAE: validation, checkpoints, resume, and the fast path.
 
 The same loop serves a 2-core laptop and an H100. The uint8 images stay resident on
 the training device and are converted to float one batch at a time, so no data loader
-stands between the data and the model. On CUDA the step runs under bf16 autocast with
-channels-last memory, cuDNN autotuning and a fused Adam, through ``torch.compile`` (model
-and loss in one graph; the short last batch of an epoch runs eagerly so it never triggers
-a recompilation). On a CPU with native bf16 instructions (AVX512-BF16 or AMX) the step
-also runs under bf16 autocast, which roughly halves its time (README, "Performance").
+stands between the data and the model. ``Trainer.fit`` is the epoch loop; each fast-path
+trick sits behind one small function: resident uint8 data (``_resident``), bf16 autocast
+and channels-last memory (``auto`` = measured, ``oct_vae.autotune``), ``torch.compile`` of
+model and loss in one graph (``_try_compile``; the short last batch of an epoch runs eagerly
+so it never triggers a recompilation), a NaN check every few steps without a host sync per
+step (``_LossLog``), and checkpoints written by a background thread (``_CheckpointWriter``).
 
 Every epoch ends with a validation pass and an atomic checkpoint (model, optimiser,
-history, best weights so far), written by a background thread from a snapshot so that
-the next epoch does not wait for the disk. ``resume=True`` continues from the last
-completed epoch and reaches the same weights as an uninterrupted run: each epoch draws
-its shuffling and its reparameterisation noise from generators seeded by ``(seed, epoch)``.
+history, best weights so far). ``resume`` continues from the last completed epoch and
+reaches the same weights as an uninterrupted run: each epoch draws its shuffling and its
+reparameterisation noise from generators seeded by ``(seed, epoch)``.
 
-Data-parallel training (``world=(rank, world_size)``, set up by ``oct_vae.distributed``)
-gives every rank a slice of every global batch, and of that batch's noise, with
-batch-norm statistics synchronised over the global batch: N processes follow the same
+Data-parallel training (``world=(rank, world_size)``, set up by ``oct_vae.distributed``,
+the one entry point that chooses between one process and several) gives every rank a
+slice of every global batch, and of that batch's noise, with batch-norm statistics
+synchronised over the global batch (``oct_vae.batchnorm``): N processes follow the same
 trajectory as one process with the same ``batch_size``, up to rounding.
 
-This module imports only numpy and torch.
+This module imports only numpy and torch (and the project's science modules).
 """
 
 from __future__ import annotations
@@ -39,14 +40,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from oct_vae.fileio import atomic_write, check_writable
+from oct_vae import autotune
+from oct_vae import checkpoint as checkpoints
+from oct_vae.autotune import Candidate, FastPath
+from oct_vae.batchnorm import sync_batchnorm
+from oct_vae.checkpoint import CHECKPOINT_FORMAT, make_checkpoint, to_cpu
+from oct_vae.device import amp_enabled, flag, resolve_device
+from oct_vae.fileio import check_writable
 from oct_vae.lineage import data_fingerprint
 from oct_vae.losses import check_likelihood, negative_elbo
 from oct_vae.model import VAE, VAEConfig
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,12 @@ class TrainConfig:
         gaussian_sigma: Pixel standard deviation of the Gaussian likelihood.
         seed: Seeds initialisation, shuffling and sampling.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        amp: ``auto`` (bf16 on CUDA and on CPUs with native bf16 instructions, off
-            elsewhere), ``bf16`` or ``off``.
+        amp: ``auto`` (bf16 where a short measurement of training steps on this
+            device, model and batch shows it faster, see ``oct_vae.autotune``), ``bf16``
+            or ``off``.
         compile: ``auto`` (on CUDA only), ``on`` or ``off``: ``torch.compile`` the model,
             falling back to eager execution when compilation fails.
-        channels_last: ``auto`` (on CUDA), ``on`` or ``off``.
+        channels_last: ``auto`` (measured, like ``amp``), ``on`` or ``off``.
         val_batch_size: Images per validation batch.
         checkpoint_dir: Folder of this run's per-epoch checkpoint ``last.pt``; ``None``
             disables it. The Kedro train node gives every run a folder of its own.
@@ -124,7 +130,7 @@ class TrainResult:
     """What training returns.
 
     Attributes:
-        checkpoint: Best-epoch checkpoint (see ``make_checkpoint``).
+        checkpoint: Best-epoch checkpoint (see ``oct_vae.checkpoint``).
         history: One dict per epoch (train/val recon, kl, total, images/s, seconds).
         model: The model holding the best weights, on the CPU, in eval mode.
     """
@@ -138,129 +144,15 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped."""
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """Pick the training device.
-
-    ``auto`` takes CUDA, then Apple MPS, then the CPU. An explicit name is honoured and
-    an unavailable one raises a ``RuntimeError`` that says what is available.
-    """
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps is not None and mps.is_available())
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if mps_ok else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise RuntimeError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
-    available = "cpu" + (", cuda" if torch.cuda.is_available() else "")
-    available += ", mps" if mps_ok else ""
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device={name!r} was requested but CUDA is not available on this machine "
-                f"(available: {available}); set device: auto or cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"device={name!r} was requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) are visible"
-            )
-    elif device.type == "mps" and not mps_ok:
-        raise RuntimeError(
-            f"device={name!r} was requested but Apple MPS is not available "
-            f"(available: {available}); set device: auto or cpu"
-        )
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise RuntimeError(f"Unsupported device {name!r} (available: {available})")
-    return device
-
-
-def _flag(value: str, on_cuda: bool) -> bool:
-    return value in ("on", "bf16") or (value == "auto" and on_cuda)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix maths natively (AVX512-BF16 or AMX).
-
-    Elsewhere oneDNN emulates bf16 and autocast would slow the step down.
-    """
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def _amp_enabled(value: str, device: torch.device) -> bool:
-    if device.type not in ("cuda", "cpu") or value == "off":
-        return False
-    return value == "bf16" or device.type == "cuda" or cpu_has_native_bf16()
-
-
 def to_float_batch(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, H, W) on any device -> float32 (B, 1, H, W) in [0, 1]."""
     x = images.unsqueeze(1).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def make_checkpoint(
-    model: VAE, model_config: VAEConfig, train_config: TrainConfig, metadata: dict[str, Any]
-) -> dict[str, Any]:
-    """A self-describing checkpoint: tensors and plain values only (``weights_only`` safe)."""
-    state = {k: v.detach().to("cpu").clone() for k, v in _unwrap(model).state_dict().items()}
-    return {
-        "format_version": CHECKPOINT_FORMAT,
-        "model_config": model_config.to_dict(),
-        # Where this run kept its checkpoints is not part of the model (nor recorded).
-        "train_config": {
-            k: v
-            for k, v in asdict(train_config).items()
-            if k not in ("progress", "checkpoint_dir", "resume")
-        },
-        "state_dict": state,
-        "metadata": metadata,
-    }
-
-
-def load_model(checkpoint: dict[str, Any], device: str | torch.device = "cpu") -> VAE:
-    """Rebuild the model of a checkpoint, in eval mode on ``device``."""
-    if checkpoint.get("format_version") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"Unsupported checkpoint format {checkpoint.get('format_version')!r}; "
-            f"this version of oct-vae reads format {CHECKPOINT_FORMAT}"
-        )
-    model = VAE(VAEConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval()
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DistributedDataParallel
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "vae", model)  # _TrainStep
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _to_cpu(obj: Any) -> Any:
-    """Deep copy of nested dicts / lists with every tensor cloned onto the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
 class _TrainStep(torch.nn.Module):
-    """Training forward pass and loss: the unit that DDP wraps and ``torch.compile`` fuses.
+    """Forward pass and loss, ``(x, eps) -> [recon, kl, total]`` (batch means, float32):
+    the unit that DDP wraps and ``torch.compile`` fuses, and what validation runs.
 
     The reparameterisation noise comes in as an argument, so that every rank can take its
     slice of the noise drawn for the whole global batch.
@@ -274,7 +166,6 @@ class _TrainStep(torch.nn.Module):
         self.amp, self.device_type = amp, device_type
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Return ``[recon, kl, total]``, batch means in float32."""
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp):
             mu, logvar = self.vae.encode(x)
             # z = mu + sigma * eps (Kingma & Welling 2014, eq. 10), eps drawn by the caller.
@@ -317,146 +208,213 @@ class Trainer:
         self.config, self.model_config = config, model_config
         self.rank, self.world_size = world
         self.device = device or resolve_device(config.device)
-        on_cuda = self.device.type == "cuda"
-        self.amp = _amp_enabled(config.amp, self.device)
-        self.channels_last = _flag(config.channels_last, on_cuda)
-        if on_cuda:
-            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
-        # Data resident on the device, as uint8: 4x less memory than float32.
+        resume_from = self._load_resume() if config.resume else None
+        # amp / channels-last / compile: explicit, measured (cached), or the resumed run's.
+        self.fast_path = self._choose_fast_path(resume_from)
+        self.amp, self.channels_last = self.fast_path.amp, self.fast_path.channels_last
         # Which data this model learns from: stored in every checkpoint, checked on resume.
         self.data_fingerprint = data_fingerprint(train_images, val_images)
-        self.train_data = torch.from_numpy(np.ascontiguousarray(train_images)).to(self.device)
-        self.val_data = torch.from_numpy(np.ascontiguousarray(val_images)).to(self.device)
+        self.train_data = _resident(train_images, self.device)
+        self.val_data = _resident(val_images, self.device)
+        self.model = self._build_model(train_images)
+        self._forward = _TrainStep(self.model, config, self.amp, self.device.type)
+        self.train_step, self.step_model = self._build_steps()
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.lr, **_adam_kwargs(self.device)
+        )
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] | None = None  # {"epoch", "val_total", "state_dict"}
+        self.start_epoch, self.resumed_from = 1, None
+        path = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
+        if path is not None and self.rank == 0:
+            check_writable(path.parent, "checkpoints")  # fail now, not after an epoch
+        self.checkpoints = _CheckpointWriter(path)
+        if resume_from is not None:
+            self._resume(*resume_from)
 
-        torch.manual_seed(config.seed)
-        self.model = VAE(model_config).to(self.device)
-        # Decoder starts at the training set's mean grey level (see VAE.init_output_bias).
-        self.model.init_output_bias(_mean_intensity(train_images))
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        step: torch.nn.Module = _TrainStep(self.model, config, self.amp, self.device.type)
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """This run's ``last.pt`` (``None`` when checkpointing is off)."""
+        return self.checkpoints.path
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        """Train for the configured epochs; return the best-epoch checkpoint."""
+        cfg = self.config
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs + 1):
+                self.checkpoints.raise_if_failed()  # a failed write stops training at once
+                t0 = time.perf_counter()
+                train_stats, n_seen = self._train_epoch(epoch)
+                seconds = time.perf_counter() - t0
+                val_stats = self.validate()
+                self._record(epoch, train_stats, val_stats, n_seen * self.world_size, seconds)
+                last = epoch == cfg.epochs
+                if self.rank == 0 and (epoch % cfg.checkpoint_every == 0 or last):
+                    self.checkpoints.submit(self._state(epoch), epoch)
+        finally:
+            self.checkpoints.close(raise_errors=sys.exc_info()[0] is None)
+        return self._result()
+
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+        """One pass over the training normals; the mean losses and the images seen here."""
+        cfg, rank, world = self.config, self.rank, self.world_size
+        self.model.train()
+        n = self.train_data.shape[0]
+        order = self._epoch_order(epoch).to(self.device)
+        noise = self._epoch_noise(epoch, n)
+        n_batches = _batch_count(n, cfg.batch_size, world)
+        losses = _LossLog(n_batches, self.device, self._nan_hint(epoch, n_batches),
+                          self._progress(epoch, n_batches), world)
+        local = slice(rank, None, world)  # this rank's share of every global batch
+        for b in range(n_batches):
+            batch = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+            x = to_float_batch(self.train_data[order[batch][local]], self.channels_last)
+            terms = self._optimise(x, noise[batch][local], min(n, batch.stop) - batch.start)
+            losses.add(b, terms, x.shape[0])
+        return losses.mean()
+
+    def _optimise(self, x: torch.Tensor, eps: torch.Tensor, global_n: int) -> torch.Tensor:
+        """One optimiser step on this rank's slice ``x`` of a global batch of ``global_n``."""
+        full = len(range(self.rank, self.config.batch_size, self.world_size))
+        # The short last batch runs eagerly: a new shape would recompile the graph.
+        step = self.step_model if x.shape[0] == full else self.train_step
+        terms = step(x, eps)
+        # This rank's share of the global batch mean, times the number of ranks: DDP's
+        # gradient mean over ranks is then the one-process gradient of the global batch.
+        loss = terms[2] * (x.shape[0] * self.world_size / global_n)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return terms
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean validation recon, KL and total over the validation normals.
+
+        Runs the training step's forward pass with noise from a fixed generator, so the
+        number is comparable across epochs. With several processes each rank scores a
+        shard and the sums are all-reduced.
+        """
+        cfg = self.config
+        self.model.eval()
+        n = self.val_data.shape[0]
+        idx = torch.arange(self.rank, n, self.world_size, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for start in range(0, idx.numel(), cfg.val_batch_size):
+            x = to_float_batch(self.val_data[idx[start : start + cfg.val_batch_size]],
+                               self.channels_last)
+            shape = (x.shape[0], self.model_config.latent_dim, 1, 1)
+            eps = torch.randn(shape, generator=gen, device=self.device)
+            sums += self._forward(x, eps).double() * x.shape[0]
+        count = torch.tensor([float(idx.numel())], dtype=torch.float64, device=self.device)
         if self.world_size > 1:
-            from oct_vae.distributed import sync_batchnorm
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(count)
+        self.model.train()
+        if count.item() == 0:
+            return {"recon": float("nan"), "kl": float("nan"), "total": float("nan")}
+        recon, kl, total = (sums / count).tolist()
+        return {"recon": recon, "kl": kl, "total": total}
 
+    # ------------------------------------------------------------------- set-up
+    def _build_model(self, train_images: np.ndarray) -> VAE:
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
+        torch.manual_seed(self.config.seed)
+        model = VAE(self.model_config).to(self.device)
+        # Decoder starts at the training set's mean grey level (see VAE.init_output_bias).
+        model.init_output_bias(_mean_intensity(train_images))
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _build_steps(self) -> tuple[torch.nn.Module, Callable[..., torch.Tensor]]:
+        """The eager step (DDP-wrapped with several ranks) and the one for full batches."""
+        step: torch.nn.Module = self._forward
+        if self.world_size > 1:
             sync_batchnorm(self.model, self.device)  # in place: global-batch statistics
+            on_cuda = self.device.type == "cuda"
             step = torch.nn.parallel.DistributedDataParallel(
                 step,
                 device_ids=[self.device.index] if on_cuda else None,
                 gradient_as_bucket_view=True,
                 **_no_buffer_broadcast(),  # synchronised batch norm keeps buffers equal
             )
-        self.train_step: torch.nn.Module = step
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.lr, **_adam_kwargs(self.device)
+        return step, _try_compile(step) if self.fast_path.compile else step
+
+    def _choose_fast_path(self, resume_from: tuple[Path, dict[str, Any]] | None) -> FastPath:
+        """The resumed run's settings (resume stays exact), else ``autotune.decide``."""
+        cfg, device = self.config, self.device
+        compiled = autotune.compile_choice(cfg.compile, device)
+        if resume_from is not None:
+            stored = resume_from[1].get("fast_path")
+            if isinstance(stored, dict):
+                fast = FastPath.from_dict({**stored, "compile": compiled}, source="checkpoint")
+            else:  # written before autotuning existed: the flag rule of that time
+                fast = FastPath(amp_enabled(cfg.amp, device),
+                                flag(cfg.channels_last, device.type == "cuda"), compiled, "rule")
+            if self.rank == 0:
+                log.info("autotune: resumed run keeps %s", fast.describe())
+            return fast
+        per_rank = len(range(self.rank, cfg.batch_size, self.world_size))
+        return autotune.decide(
+            cfg.amp, cfg.channels_last, cfg.compile, device, self.model_config.to_dict(),
+            per_rank, cfg.likelihood, lambda c: self._candidate_step(c, per_rank),
+            (self.rank, self.world_size),
         )
-        self.step_model: Callable[..., torch.Tensor] = step
-        if _flag(config.compile, on_cuda):
-            self.step_model = _try_compile(step)
 
-        self.history: list[dict[str, float]] = []
-        self.best: dict[str, Any] | None = None  # {"epoch", "val_total", "state_dict"}
-        self.start_epoch = 1
-        self.checkpoint_path = (
-            Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
-        )
-        if self.checkpoint_path is not None and self.rank == 0:
-            check_writable(self.checkpoint_path.parent, "checkpoints")  # now, not later
-        self.resumed_from: str | None = None
-        self.saved_epoch = 0  # last epoch written to checkpoint_path
-        self._saver: ThreadPoolExecutor | None = None
-        self._pending_save: Future | None = None
-        if config.resume:
-            self._resume()
+    def _candidate_step(self, candidate: Candidate, batch: int) -> Callable[[], None]:
+        """One real training step of ``candidate`` (fresh model, the run's Adam settings) on
+        random images, for ``autotune``; leaves the global random state untouched."""
+        cfg, mc, device = self.config, self.model_config, self.device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            vae = VAE(mc).to(device)
+        if candidate.channels_last:
+            vae = vae.to(memory_format=torch.channels_last)
+        vae.train()
+        optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, **_adam_kwargs(device))
+        step = _TrainStep(vae, cfg, candidate.amp, device.type)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        size = (batch, mc.image_size, mc.image_size)
+        images = torch.randint(0, 256, size, dtype=torch.uint8, generator=gen).to(device)
+        eps = torch.randn((batch, mc.latent_dim, 1, 1), generator=gen).to(device)
 
-    # ------------------------------------------------------------------ public
-    def fit(self) -> TrainResult:
-        """Train for the configured epochs; return the best-epoch checkpoint."""
-        cfg = self.config
-        try:
-            for epoch in range(self.start_epoch, cfg.epochs + 1):
-                self._fit_epoch(epoch)
-        finally:
-            self._finish_saves(raise_errors=sys.exc_info()[0] is None)
-        return self._result()
+        def run() -> None:
+            terms = step(to_float_batch(images, candidate.channels_last), eps)
+            optimizer.zero_grad(set_to_none=True)
+            terms[2].backward()
+            optimizer.step()
 
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Mean validation recon, KL and total over the validation normals.
+        return run
 
-        Uses a fixed noise generator so the number is comparable across epochs. With
-        several processes each rank scores a shard and the sums are all-reduced.
-        """
-        model = self.model
-        model.eval()
-        cfg = self.config
-        n = self.val_data.shape[0]
-        idx = torch.arange(self.rank, n, self.world_size, device=self.device)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for start in range(0, idx.numel(), cfg.val_batch_size):
-            batch = self.val_data[idx[start : start + cfg.val_batch_size]]
-            x = to_float_batch(batch, self.channels_last)
-            with self._autocast():
-                mu, logvar = model.encode(x)
-                z = VAE.reparameterize(mu.float(), logvar.float(), generator=gen)
-                logits = model.decode(z.to(mu.dtype))
-            terms = negative_elbo(
-                logits, x, mu, logvar, cfg.likelihood, cfg.beta, cfg.gaussian_sigma
-            )
-            b = x.shape[0]
-            sums += torch.stack([terms["recon"] * b, terms["kl"] * b, terms["total"] * b]).double()
-        count = torch.tensor([float(idx.numel())], dtype=torch.float64, device=self.device)
-        if self.world_size > 1:
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(count)
-        model.train()
-        if count.item() == 0:
-            return {"recon": float("nan"), "kl": float("nan"), "total": float("nan")}
-        recon, kl, total = (sums / count).tolist()
-        return {"recon": recon, "kl": kl, "total": total}
-
-    # ----------------------------------------------------------------- private
-    def _fit_epoch(self, epoch: int) -> None:
-        cfg = self.config
-        self._raise_failed_save()  # a failed checkpoint write stops training at once
-        t0 = time.perf_counter()
-        train_stats, n_seen = self._train_epoch(epoch)
-        seconds = time.perf_counter() - t0
-        val_stats = self.validate()
+    # ------------------------------------------------------------ epoch helpers
+    def _record(
+        self, epoch: int, train: dict[str, float], val: dict[str, float], seen: int,
+        seconds: float,
+    ) -> None:
+        """Append the epoch to the history, keep the best weights, log one line."""
         row = {
             "epoch": epoch,
-            **{f"train_{k}": v for k, v in train_stats.items()},
-            **{f"val_{k}": v for k, v in val_stats.items()},
-            "images_per_s": n_seen * self.world_size / seconds,
+            **{f"train_{k}": v for k, v in train.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "images_per_s": seen / seconds,
             "seconds": seconds,
         }
         self.history.append(row)
         # Both numbers are reduced over ranks, so every rank picks the same best epoch.
-        score = val_stats["total"] if self.val_data.shape[0] else train_stats["total"]
+        score = val["total"] if self.val_data.shape[0] else train["total"]
         if self.best is None or score < self.best["val_total"]:
-            self.best = {
-                "epoch": epoch,
-                "val_total": score,
-                "state_dict": {
-                    k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()
-                },
-            }
+            state = {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()}
+            self.best = {"epoch": epoch, "val_total": score, "state_dict": state}
         if self.rank == 0:
             log.info(
                 "epoch %d/%d  train %.1f (recon %.1f, kl %.1f)  val %.1f  %.0f img/s",
-                epoch,
-                cfg.epochs,
-                train_stats["total"],
-                train_stats["recon"],
-                train_stats["kl"],
-                val_stats["total"],
-                row["images_per_s"],
+                epoch, self.config.epochs, train["total"], train["recon"], train["kl"],
+                val["total"], row["images_per_s"],
             )
-            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-                self._save_last(epoch)
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
@@ -470,93 +428,29 @@ class Trainer:
         shape = (n, self.model_config.latent_dim, 1, 1)
         return torch.randn(shape, generator=gen, device=self.device)
 
-    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
-        cfg = self.config
-        rank, world = self.rank, self.world_size
-        self.model.train()
-        n = self.train_data.shape[0]
-        order = self._epoch_order(epoch).to(self.device)
-        noise = self._epoch_noise(epoch, n)
-        # Every rank sees the same global batches and takes its slice of each: the global
-        # batch, hence the optimisation, does not depend on the number of processes. A
-        # last batch smaller than the number of processes is skipped (never with one).
-        n_batches = math.ceil(n / cfg.batch_size)
-        if world > 1 and n % cfg.batch_size and n % cfg.batch_size < world:
-            n_batches -= 1
-        full_local = len(range(rank, cfg.batch_size, world))
-        step_terms = torch.zeros(n_batches, 3, device=self.device)
-        counts: list[int] = []
-        # Losses stay on the device and are checked every few steps: no host sync per step.
-        check_every = 1 if self.device.type == "cpu" else 25
-        checked, last_loss = 0, float("nan")
-        bar = self._progress(epoch, n_batches)
-        t0 = time.perf_counter()
-        for b in range(n_batches):
-            batch = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-            global_n = min(n, batch.stop) - batch.start
-            local = slice(rank, None, world)
-            x = to_float_batch(self.train_data[order[batch][local]], self.channels_last)
-            # The short last batch runs eagerly: a new shape would recompile the graph.
-            step = self.step_model if x.shape[0] == full_local else self.train_step
-            terms = step(x, noise[batch][local])
-            # This rank's share of the global batch mean, times the number of ranks: DDP's
-            # gradient mean over ranks is then the one-process gradient of the global batch.
-            loss = terms[2] * (x.shape[0] * world / global_n)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            step_terms[b] = terms.detach()
-            counts.append(x.shape[0])
-            if (b + 1) % check_every == 0 or b == n_batches - 1:
-                last_loss = self._check_finite(step_terms[:, 2], checked, b + 1, epoch, n_batches)
-                checked = b + 1
-            if bar is not None:
-                bar.update(1)
-                if checked == b + 1:
-                    rate = sum(counts) * world / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{last_loss:.1f}", img_s=f"{rate:.0f}", refresh=False)
-        if bar is not None:
-            bar.close()
-        weights = torch.tensor(counts, dtype=torch.float64, device=self.device)
-        sums = (step_terms.double() * weights[:, None]).sum(0)
-        count = weights.sum().reshape(1)
-        if world > 1:
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(count)
-        recon, kl, total = (sums / count).tolist()
-        return {"recon": recon, "kl": kl, "total": total}, sum(counts)
+    def _nan_hint(self, epoch: int, n_batches: int) -> Callable[[float, int], str]:
+        def message(value: float, batch: int) -> str:
+            return (
+                f"Non-finite loss ({value}) at epoch {epoch}, batch {batch}/{n_batches}; "
+                f"training stopped. The last good checkpoint is "
+                f"{self.checkpoint_path or '(checkpointing disabled)'} (after epoch "
+                f"{self.checkpoints.saved_epoch}). Lower train.lr or check the input images."
+            )
 
-    def _check_finite(
-        self, step_losses: torch.Tensor, start: int, stop: int, epoch: int, n_batches: int
-    ) -> float:
-        window = step_losses[start:stop].tolist()  # the only host sync of the window
-        for offset, value in enumerate(window):
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"Non-finite loss ({value}) at epoch {epoch}, batch {start + offset + 1}"
-                    f"/{n_batches}; training stopped. The last good checkpoint is "
-                    f"{self.checkpoint_path or '(checkpointing disabled)'} (after epoch "
-                    f"{self.saved_epoch}). Lower train.lr or check the input images."
-                )
-        return window[-1] if window else float("nan")
+        return message
 
     def _progress(self, epoch: int, total: int):
         if not self.config.progress or self.rank != 0:
             return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # tqdm is optional for a bare benchmark box
-            return None
+        from tqdm.auto import tqdm  # here: a bare torch box runs the benchmark without it
+
         return tqdm(
-            total=total,
-            desc=f"epoch {epoch}/{self.config.epochs}",
-            unit="batch",
-            leave=False,
-            file=sys.stderr,
-            mininterval=1.0,
+            total=total, desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
+            leave=False, file=sys.stderr, mininterval=1.0,
             disable=None,  # off when not a TTY
         )
 
+    # ------------------------------------------------------ checkpoints, resume
     def _state(self, epoch: int) -> dict[str, Any]:
         # A snapshot: model and optimiser tensors are copied to the CPU now, so training
         # can go on while a background thread writes them.
@@ -566,55 +460,30 @@ class Trainer:
             "model_config": self.model_config.to_dict(),
             "train_config": _resume_key(self.config),
             "data_fingerprint": self.data_fingerprint,
-            "model": _to_cpu(self.model.state_dict()),
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "model": to_cpu(self.model.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "history": copy.deepcopy(self.history),
             "best": self.best,  # already a CPU copy, replaced (never mutated) on improvement
+            "fast_path": self.fast_path.to_dict(),  # a resumed run keeps these settings
         }
 
-    def _save_last(self, epoch: int) -> None:
-        if self.checkpoint_path is None:
-            return
-        state = self._state(epoch)
-        self._wait_for_save()
-        if self._saver is None:
-            self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oct-vae-ckpt")
-        self._pending_save = self._saver.submit(_atomic_torch_save, state, self.checkpoint_path)
-        self.saved_epoch = epoch
-
-    def _raise_failed_save(self) -> None:
-        pending = self._pending_save
-        if pending is not None and pending.done() and pending.exception() is not None:
-            self._wait_for_save()  # re-raises the write error (path and OS reason)
-
-    def _wait_for_save(self) -> None:
-        pending, self._pending_save = self._pending_save, None
-        if pending is not None:
-            pending.result()  # re-raises a failed write
-
-    def _finish_saves(self, raise_errors: bool) -> None:
-        try:
-            self._wait_for_save()
-        except Exception:
-            if raise_errors:
-                raise
-            log.exception("writing the last checkpoint failed as well")
-        finally:
-            if self._saver is not None:
-                self._saver.shutdown(wait=True)
-                self._saver = None
-
-    def _resume(self) -> None:
+    def _load_resume(self) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint to continue from and its contents (``None``: start afresh)."""
         cfg = self.config
-        path = self.checkpoint_path if cfg.resume is True else Path(str(cfg.resume))
+        path = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
+        if cfg.resume is not True:
+            path = Path(str(cfg.resume))
         if path is not None and path.is_dir():
             path = path / "last.pt"
         if path is None or not path.exists():
             if cfg.resume is not True:
                 raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}")
             log.info("resume: no checkpoint at %s, starting from epoch 1", path)
-            return
-        state = torch.load(path, map_location=self.device, weights_only=True)
+            return None
+        return path, torch.load(path, map_location=self.device, weights_only=True)
+
+    def _resume(self, path: Path, state: dict[str, Any]) -> None:
+        cfg = self.config
         if state.get("model_config") != self.model_config.to_dict() or state.get(
             "train_config"
         ) != _resume_key(self.config):
@@ -639,7 +508,8 @@ class Trainer:
         self.history = list(state["history"])
         self.best = state["best"]
         self.start_epoch = int(state["epoch"]) + 1
-        self.saved_epoch = int(state["epoch"]) if path == self.checkpoint_path else 0
+        if path == self.checkpoint_path:
+            self.checkpoints.saved_epoch = int(state["epoch"])
         self.resumed_from = path.parent.name  # the run folder, not the absolute path
         log.info("resume: continuing from %s after epoch %d", path, state["epoch"])
 
@@ -658,6 +528,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": int(self.world_size),
             "amp": "bf16" if self.amp else "off",
+            "fast_path": self.fast_path.to_dict(),
             "torch_version": str(torch.__version__),  # TorchVersion is not weights_only safe
             "train_seconds": float(sum(h["seconds"] for h in self.history)),
             "image_size": int(self.model_config.image_size),
@@ -670,6 +541,110 @@ class Trainer:
             history=copy.deepcopy(self.history),
             model=model,
         )
+
+
+
+
+class _CheckpointWriter:
+    """Writes ``last.pt`` from a background thread, one write at a time.
+
+    A write's error is raised by the next call (``submit``, ``raise_if_failed`` or
+    ``close``), with the path and the OS reason (``oct_vae.fileio``).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.saved_epoch = 0  # last epoch handed to the writer (or resumed from path)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, state: dict[str, Any], epoch: int) -> None:
+        if self.path is None:
+            return
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oct-vae-ckpt")
+        self._pending = self._pool.submit(checkpoints.save_atomically, state, self.path)
+        self.saved_epoch = epoch
+
+    def raise_if_failed(self) -> None:
+        if self._pending is not None and self._pending.done() and self._pending.exception():
+            self.wait()
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises a failed write
+
+    def close(self, raise_errors: bool) -> None:
+        try:
+            self.wait()
+        except Exception:
+            if raise_errors:
+                raise
+            log.exception("writing the last checkpoint failed as well")
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
+class _LossLog:
+    """The per-step losses of an epoch, kept on the device and checked for NaN every few
+    steps (every step on the CPU): one host sync per window, not per step."""
+
+    def __init__(self, n_batches: int, device: torch.device,
+                 message: Callable[[float, int], str], bar, world: int) -> None:
+        self.terms = torch.zeros(n_batches, 3, device=device)
+        self.counts: list[int] = []
+        self.check_every = 1 if device.type == "cpu" else 25
+        self.checked, self.last = 0, float("nan")
+        self.message, self.bar, self.world, self.device = message, bar, world, device
+        self.t0 = time.perf_counter()
+
+    def add(self, b: int, terms: torch.Tensor, count: int) -> None:
+        self.terms[b] = terms.detach()
+        self.counts.append(count)
+        if (b + 1) % self.check_every == 0 or b == len(self.terms) - 1:
+            window = self.terms[self.checked : b + 1, 2].tolist()  # the window's host sync
+            for offset, value in enumerate(window):
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(self.message(value, self.checked + offset + 1))
+            self.checked, self.last = b + 1, (window[-1] if window else float("nan"))
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.checked == b + 1:
+                rate = sum(self.counts) * self.world / max(time.perf_counter() - self.t0, 1e-9)
+                self.bar.set_postfix(loss=f"{self.last:.1f}", img_s=f"{rate:.0f}",
+                                     refresh=False)
+
+    def mean(self) -> tuple[dict[str, float], int]:
+        """Image-weighted means over the epoch (all-reduced over ranks), images seen here."""
+        if self.bar is not None:
+            self.bar.close()
+        weights = torch.tensor(self.counts, dtype=torch.float64, device=self.device)
+        sums = (self.terms.double() * weights[:, None]).sum(0)
+        count = weights.sum().reshape(1)
+        if self.world > 1:
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(count)
+        recon, kl, total = (sums / count).tolist()
+        return {"recon": recon, "kl": kl, "total": total}, sum(self.counts)
+
+
+def _batch_count(n: int, batch_size: int, world: int) -> int:
+    # Every rank sees the same global batches and takes its slice of each: the global
+    # batch, hence the optimisation, does not depend on the number of processes. A last
+    # batch smaller than the number of processes is skipped (never with one process).
+    n_batches = math.ceil(n / batch_size)
+    if world > 1 and n % batch_size and n % batch_size < world:
+        n_batches -= 1
+    return n_batches
+
+
+def _resident(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The images on the training device, as uint8: 4x less memory than float32."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
 
 
 def _resume_key(config: TrainConfig) -> dict[str, Any]:
@@ -731,20 +706,3 @@ def _check_images(images: np.ndarray, size: int, name: str, allow_empty: bool) -
         raise ValueError(f"{name} must have shape (N, {size}, {size}), got {images.shape}")
     if not allow_empty and images.shape[0] == 0:
         raise ValueError(f"{name} is empty: ingest produced no training normals")
-
-
-def train_vae(
-    train_images: np.ndarray,
-    val_images: np.ndarray,
-    model_config: VAEConfig,
-    config: TrainConfig,
-) -> TrainResult:
-    """Train the VAE: in this process, or data-parallel when ``config.devices != 1`` or
-    when launched by ``torchrun`` (see ``oct_vae.distributed.train_distributed``)."""
-    from oct_vae.distributed import launched_by_torchrun, resolve_devices
-
-    if launched_by_torchrun() or resolve_devices(config.devices, config.device) > 1:
-        from oct_vae.distributed import train_distributed
-
-        return train_distributed(train_images, val_images, model_config, config, config.devices)
-    return Trainer(train_images, val_images, model_config, config).fit()

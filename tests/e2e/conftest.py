@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import devtools
+from tests.helpers import project as scratch
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _end_active_runs(mlflow) -> None:
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Iterator[TinyProject]:
     """A temporary project after one full `kedro run --env tiny`."""
-    project = devtools.copy_project(tmp_path_factory.mktemp("tiny_project"))
+    project = scratch.copy_project(tmp_path_factory.mktemp("tiny_project"))
     run_session(project)
     # The tracking URI stays on this temporary project: resetting it to MLflow's default
     # (./mlflow.db) would let MLflow's exit handler write into the repository.
@@ -65,8 +65,8 @@ def tiny_project(tmp_path_factory) -> Iterator[TinyProject]:
 def wait_for_http(
     proc: subprocess.Popen, url: str, log: Path, what: str, timeout_s: float = 90
 ) -> None:
-    """``devtools.wait_for_http`` that fails the test, with the server's log, instead."""
+    """``scratch.wait_for_http`` that fails the test, with the server's log, instead."""
     try:
-        devtools.wait_for_http(proc, url, log, what, timeout_s)
-    except devtools.ServerError as err:
+        scratch.wait_for_http(proc, url, log, what, timeout_s)
+    except scratch.ServerError as err:
         pytest.fail(str(err))

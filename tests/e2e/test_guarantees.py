@@ -20,8 +20,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from oct_vae.detector import AnomalyDetector
-from scripts.devtools import copy_project
 from tests.e2e.conftest import run_session
+from tests.helpers.project import copy_project
 
 pytestmark = pytest.mark.slow
 

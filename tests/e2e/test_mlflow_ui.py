@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.devtools import free_port, stop_process_group
 from tests.e2e.conftest import wait_for_http
+from tests.helpers.project import free_port, stop_process_group
 
 pytestmark = pytest.mark.slow
 

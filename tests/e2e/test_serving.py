@@ -24,12 +24,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from oct_vae.hooks import MissingInputsError
-from scripts.devtools import copy_project, free_port, stop_process_group
+from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from tests.conftest import KERMANY_SAMPLE
 from tests.e2e.conftest import run_session, wait_for_http
+from tests.helpers.project import copy_project, free_port, stop_process_group
 
 MODEL_NAME = "oct_vae_scorer"
-SCORES = ["reconstruction", "kl", "vae"]
+# Every score that evaluation reports, served and tabled with its percentile.
+SCORES = [*PAPER_SCORES, *EXTRA_SCORES, *BASELINE_SCORES]
 # How long the model server may take to answer /health on a busy 2-core machine.
 SERVER_START_S = 90
 

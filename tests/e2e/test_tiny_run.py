@@ -11,8 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from oct_vae.hooks import MissingInputsError
-from scripts.devtools import copy_project
 from tests.e2e.conftest import run_session
+from tests.helpers.project import copy_project
 
 
 def _latest(project, pattern):
@@ -39,13 +39,20 @@ def test_mlflow_run_has_params_loss_history_metrics_and_model(tiny_project):
     assert [m.step for m in history] == [1, 2]
     assert all(np.isfinite(m.value) for m in history)
     assert "train_recon" in run.data.metrics and "val_kl" in run.data.metrics
-    for key in (
-        "auc_reconstruction_cnv",
-        "auc_kl_all",
-        "auc_vae_drusen",
-        "auc_baseline_mean_intensity_all",
+    # every logged AUC is scikit-learn's AUC of the run's own logged test scores
+    from sklearn.metrics import roc_auc_score
+
+    scores = pd.read_csv(client.download_artifacts(
+        run.info.run_id, "evaluation/test_scores.csv", str(tiny_project.path / "dl")))
+    for key, column, diseases in (
+        ("auc_reconstruction_cnv", "reconstruction", ["CNV"]),
+        ("auc_kl_all", "kl", ["CNV", "DME", "DRUSEN"]),
+        ("auc_vae_drusen", "vae", ["DRUSEN"]),
+        ("auc_baseline_mean_intensity_all", "baseline_mean_intensity", ["CNV", "DME", "DRUSEN"]),
     ):
-        assert 0.0 <= run.data.metrics[key] <= 1.0, key
+        keep = scores["label"].isin(["NORMAL", *diseases])
+        expected = roc_auc_score(scores.loc[keep, "label"] != "NORMAL", scores.loc[keep, column])
+        assert run.data.metrics[key] == pytest.approx(expected, abs=1e-12), key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoint", "evaluation", "figures", "training"} <= artifacts
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from scripts.devtools import copy_project
+from tests.helpers.project import copy_project
 
 pytestmark = pytest.mark.slow
 

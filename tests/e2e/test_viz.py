@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import requests
 
-from scripts.devtools import free_port, stop_process_group
 from tests.e2e.conftest import wait_for_http
+from tests.helpers.project import free_port, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +97,7 @@ def test_viz_shows_every_pipeline_node_layer_and_tag(viz):
         "train",
         "evaluate",
         "score",
+        "promote",
     }
     assert main["selected_pipeline"] == "__default__"
     assert main["layers"] == LAYERS  # in the order of the data's flow

@@ -1,15 +1,27 @@
+import logging
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from sklearn.metrics import roc_auc_score
 
+from oct_vae.datasets import AtomicCSVDataset
+from oct_vae.datasets.optional_scan_folder_dataset import OptionalScanFolderDataset
 from oct_vae.detector import operating_threshold
+from oct_vae.evaluation import GROUPS
 from oct_vae.lineage import LineageError, row_hashes
 from oct_vae.pipelines.evaluate import create_pipeline
-from oct_vae.pipelines.evaluate.nodes import build_statistical_report
+from oct_vae.pipelines.evaluate.nodes import build_statistical_report, score_real_scans
 from oct_vae.pipelines.train.nodes import calibrate_model, train_vae
+from oct_vae.report import REAL_DATASET, TEST_DATASET
+
+# The real Kermany samples (kermany-sample: 32 scans, kermany-sample-2: 27), outside the
+# repository; real_scans' default folder. Tests that need them skip when they are absent.
+REAL_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 TRAIN = {
     "width": 4,
@@ -31,7 +43,10 @@ def tiny_model_and_data():
     ckpt, history, metrics = train_vae(train, val, TRAIN, seed=0, device="cpu", run_info=RUN)
     assert len(history) == 1 and set(metrics) >= {"train_total", "val_total"}
     model, network = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
-    assert isinstance(network, torch.nn.Module)
+    # the bare network for MLflow holds the calibrated checkpoint's weights, in eval mode
+    assert not network.training
+    for key, value in model["state_dict"].items():
+        assert torch.equal(network.state_dict()[key], value), key
     labels = ["NORMAL"] * 8 + ["CNV"] * 3 + ["DME"] * 3 + ["DRUSEN"] * 2
     test_rows = pd.DataFrame(
         {
@@ -61,7 +76,9 @@ def _normal_rows(split, images):
     )
 
 
-def test_evaluate_pipeline_runs_standalone_on_an_in_memory_catalog(tiny_model_and_data):
+def run_evaluate(tiny_model_and_data, real_folder: Path, out: Path) -> dict:
+    """Run the evaluate pipeline on an in-memory catalog (real_scan_scores: a CSV under
+    ``out``, as in conf/base/catalog.yml); return every output."""
     model, train, val, test, manifest = tiny_model_and_data
     catalog = DataCatalog(
         {
@@ -69,16 +86,35 @@ def test_evaluate_pipeline_runs_standalone_on_an_in_memory_catalog(tiny_model_an
             "test_images": MemoryDataset(test),
             "val_images": MemoryDataset(val),
             "oct_manifest": MemoryDataset(manifest),
+            "real_scans": OptionalScanFolderDataset(str(real_folder)),
             "params:device": MemoryDataset("cpu"),
             "params:seed": MemoryDataset(0),
             "params:evaluate.n_bootstrap": MemoryDataset(20),
             "params:evaluate.specificity": MemoryDataset(0.9),
             "params:evaluate.n_examples": MemoryDataset(9),
+            "params:ingest.max_image_pixels": MemoryDataset(40_000_000),
+            "params:ingest.workers": MemoryDataset(1),
             "run_info": MemoryDataset(RUN),
+            # read by collect_report_metrics too: a file, so the runner does not release it
+            "auc_report": AtomicCSVDataset(filepath=str(out / "auc_report.csv")),
+            "real_scan_scores": AtomicCSVDataset(
+                filepath=str(out / "real_scan_scores.csv"),
+                load_args={"dtype": {"patient_id": str, "label": str, "error": str}},
+            ),
         }
     )
     out = SequentialRunner().run(create_pipeline(), catalog)
     loaded = {k: (v.load() if hasattr(v, "load") else v) for k, v in out.items()}
+    loaded["real_scan_scores"] = catalog.load("real_scan_scores")
+    loaded["auc_report"] = catalog.load("auc_report")
+    # as read back from the CSV: an empty error (scored) is NaN there
+    loaded["real_scan_scores"]["error"] = loaded["real_scan_scores"]["error"].fillna("")
+    return loaded
+
+
+def test_evaluate_pipeline_runs_standalone_on_an_in_memory_catalog(tiny_model_and_data, tmp_path):
+    model, train, val, test, manifest = tiny_model_and_data
+    loaded = run_evaluate(tiny_model_and_data, tmp_path / "no_real_scans", tmp_path)
     assert {"auc_table", "auc_metrics", "auc_report", "roc_curves", "reconstruction_grid"} <= set(
         loaded
     )
@@ -153,11 +189,107 @@ def test_operating_threshold_never_reads_test_labels(tiny_model_and_data):
     scores = score_test_set(model, test, manifest, "cpu")
     shuffled = scores.copy()
     shuffled["label"] = np.random.default_rng(1).permutation(scores["label"].to_numpy())
-    a, _, _ = build_statistical_report(scores, model, 10, 0.95, 0, RUN)
-    b, _, _ = build_statistical_report(shuffled, model, 10, 0.95, 0, RUN)
+    a, _ = build_statistical_report(scores, model, 10, 0.95, 0, RUN)
+    b, _ = build_statistical_report(shuffled, model, 10, 0.95, 0, RUN)
     np.testing.assert_array_equal(a["threshold"], b["threshold"])
     val_recon = model["calibration"]["reconstruction"].numpy()
     rec = a[a["score_key"] == "reconstruction"]["threshold"].iloc[0]
     assert rec == operating_threshold(val_recon, 0.95)
     assert set(a["level"]) == {"image", "patient"}
     assert (a["ci_low"] <= a["auc"] + 1e-12).all() and (a["auc"] <= a["ci_high"] + 1e-12).all()
+
+
+# ------------------------------------------------------------------ transfer to real scans
+
+
+@pytest.fixture(scope="module")
+def real_run(tiny_model_and_data, tmp_path_factory):
+    """The evaluate pipeline with real_scans at both real Kermany samples (59 scans)."""
+    if not (REAL_DATA / "kermany-sample").is_dir():
+        pytest.skip(f"real Kermany samples not found under {REAL_DATA}")
+    return run_evaluate(tiny_model_and_data, REAL_DATA.resolve(), tmp_path_factory.mktemp("ev"))
+
+
+def test_real_scans_get_a_transfer_table_with_cis_and_baselines(real_run):
+    per_scan = real_run["real_scan_scores"]
+    # every file has a row; paths relative to the folder; nothing dropped silently
+    assert not per_scan["path"].str.startswith("/").any()
+    n_files = sum(1 for p in REAL_DATA.resolve().rglob("*") if p.is_file())
+    assert len(per_scan) == n_files
+    scored = per_scan[per_scan["error"] == ""]
+    assert len(scored) >= 59 and scored["label"].value_counts().min() >= 13
+    not_scored = per_scan[per_scan["error"] != ""]
+    assert not_scored["path"].str.endswith("README.md").all()
+    assert not_scored["reconstruction"].isna().all() and scored["reconstruction"].notna().all()
+    assert (scored["patient_id"] == scored["path"].str.extract(r"-(\d+)-\d+\.jpeg$")[0]).all()
+
+    report = real_run["auc_report"]
+    assert set(report["dataset"]) == {TEST_DATASET, REAL_DATASET}
+    real = report[report["dataset"] == REAL_DATASET]
+    assert {"baseline_mean_intensity", "baseline_distance_to_mean_normal", "reconstruction"} <= set(
+        real["score_key"]
+    )
+    cells = real[real["column"] == "All"]
+    assert np.isfinite(cells[["auc", "ci_low", "ci_high"]].to_numpy()).all()
+    assert (cells["ci_low"] <= cells["auc"] + 1e-12).all()
+    assert (cells["auc"] <= cells["ci_high"] + 1e-12).all()
+    n_normal = int((scored["label"] == "NORMAL").sum())
+    assert (cells.loc[cells["level"] == "image", "n_normal"] == n_normal).all()
+    # the test split's rows are as before, with the same columns
+    test_rows = report[report["dataset"] == TEST_DATASET]
+    assert len(test_rows) == len(real)
+    md = real_run["auc_report_markdown"]
+    assert "## Transfer to real scans" in md and "Baseline: mean intensity" in md
+    assert md.index("## Transfer to real scans") < md.index("## Provenance")
+    metrics = real_run["report_metrics"]
+    row = cells[cells["level"] == "image"].set_index("score_key").loc["reconstruction"]
+    assert metrics["real_auc_reconstruction_all"]["value"] == pytest.approx(row["auc"])
+    assert metrics["real_auc_reconstruction_all_ci_low"]["value"] == pytest.approx(row["ci_low"])
+    assert "real_auc_baseline_mean_intensity_all" in metrics
+    assert "auc_reconstruction_all" in metrics  # the test split's keys are unchanged
+
+
+def test_transfer_aucs_equal_sklearn_on_the_per_scan_scores(real_run):
+    per_scan = real_run["real_scan_scores"]
+    scored = per_scan[per_scan["error"] == ""]
+    report = real_run["auc_report"]
+    real = report[(report["dataset"] == REAL_DATASET) & (report["level"] == "image")]
+    for r in real.itertuples():
+        keep = scored["label"].isin(("NORMAL", *GROUPS[r.column]))
+        y = scored.loc[keep, "label"] != "NORMAL"
+        expected = roc_auc_score(y, scored.loc[keep, r.score_key])
+        assert r.auc == pytest.approx(expected, abs=1e-12), (r.score_key, r.column)
+
+
+def test_an_absent_real_folder_is_a_clean_skip_with_one_log_line(
+    tiny_model_and_data, tmp_path, caplog
+):
+    with caplog.at_level(logging.INFO, logger="oct_vae"):
+        out = run_evaluate(tiny_model_and_data, tmp_path / "absent", tmp_path)
+    lines = [r for r in caplog.records if "real scan" in r.getMessage().lower()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in lines]
+    assert "skipped" in lines[0].getMessage() and "real_dir" in lines[0].getMessage()
+    assert out["real_scan_scores"].empty
+    assert set(out["auc_report"]["dataset"]) == {TEST_DATASET}
+    assert "Transfer to real scans" not in out["auc_report_markdown"]
+    assert not [k for k in out["report_metrics"] if k.startswith("real_")]
+
+
+def test_real_scans_the_model_may_have_seen_are_not_scored(tiny_model_and_data, tmp_path):
+    model, _, _, _, manifest = tiny_model_and_data
+    folder = tmp_path / "real"
+    (folder / "CNV").mkdir(parents=True)
+    (folder / "NORMAL").mkdir()
+    rng = np.random.default_rng(3)
+    from PIL import Image
+
+    for name in ("CNV/CNV-11-1.png", "NORMAL/NORMAL-12-1.png", "NORMAL/NORMAL-train0-1.png"):
+        Image.fromarray(rng.integers(0, 255, (128, 128), dtype=np.uint8)).save(folder / name)
+    (folder / "NORMAL" / "NORMAL-13-1.jpeg").write_bytes(b"not an image")
+    out = score_real_scans(
+        OptionalScanFolderDataset(str(folder)).load(), model, manifest, 40_000_000, 1, "cpu"
+    ).set_index("path")
+    assert out.loc["CNV/CNV-11-1.png", "error"] == ""
+    assert "training or validation split" in out.loc["NORMAL/NORMAL-train0-1.png", "error"]
+    assert "not an image" in out.loc["NORMAL/NORMAL-13-1.jpeg", "error"]
+    assert out.loc[out["error"] != "", "reconstruction"].isna().all()

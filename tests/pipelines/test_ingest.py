@@ -24,6 +24,7 @@ from oct_vae.pipelines.ingest import create_pipeline
 from oct_vae.pipelines.ingest.nodes import MANIFEST_COLUMNS, decode_scans, split_scans
 
 PARAMS: dict[str, Any] = {
+    "ingest.protocol": "paper",
     "ingest.image_size": 64,
     "ingest.val_fraction": 0.1,
     "ingest.test_normals": 20,
@@ -93,7 +94,9 @@ def test_ingest_on_a_tiny_phantom(tiny_phantom_dir: Path, tmp_path: Path) -> Non
     for _, row in manifest.sample(5, random_state=0).iterrows():
         image = result[f"{row['split']}_images"][row["row"]]
         assert np.array_equal(image, load_scan(tiny_phantom_dir / row["path"], size=64))
-    assert set(manifest["width"]) == {512, 768} and set(manifest["height"]) == {496}
+    # Spectralis widths (the phantom v2 adds the wide 1536 format)
+    assert {512, 768} <= set(manifest["width"]) <= {512, 768, 1536}
+    assert set(manifest["height"]) == {496}
     assert manifest["patient_id"].map(type).eq(str).all()
 
 
@@ -186,6 +189,39 @@ def test_bad_input_is_rejected_or_converted_never_crashes(
         "DME": 10,
         "DRUSEN": 10,
     }
+
+
+def test_official_protocol_on_the_tiny_phantom(tiny_phantom_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_phantom_dir, raw)
+    # Two patients of the phantom's test folder get a normal scan in its training folder:
+    # a normal test patient, and a diseased one. Both scans must stay out of training.
+    normal_test = sorted((raw / "test" / "NORMAL").iterdir())[0]
+    cnv_test = sorted((raw / "test" / "CNV").iterdir())[0]
+    donor = sorted((raw / "train" / "NORMAL").iterdir())[0].read_bytes()
+    added = []
+    for test_file, n in ((normal_test, 99), (cnv_test, 1)):
+        patient = test_file.name.split("-")[1]
+        added.append(f"train/NORMAL/NORMAL-{patient}-{n}.jpeg")
+        (raw / added[-1]).write_bytes(donor)
+    result = run_ingest(
+        ScanFolderDataset(str(raw)),
+        tmp_path / "out",
+        **{"ingest.protocol": "official", "ingest.test_normals": 10_000},  # quotas ignored
+    )
+    manifest = assert_consistent(result)
+    test = manifest[manifest["split"] == "test"]
+    folder = sorted(p.relative_to(raw).as_posix() for p in (raw / "test").rglob("*.jpeg"))
+    assert sorted(test["path"]) == folder  # the dataset's own test folder, all of it
+    assert manifest.loc[manifest["split"] != "test", "path"].str.startswith("train/").all()
+    rejects = result["rejected_files"]
+    excluded = rejects[rejects["reason"] == kermany.OFFICIAL_TEST_EXCLUSION]
+    assert sorted(excluded["path"]) == sorted(added)
+    assert not set(added) & set(manifest["path"])
+    train_val = manifest[manifest["split"] != "test"]
+    assert not set(train_val["patient_id"]) & set(test["patient_id"])
+    n_val = (manifest["split"] == "val").sum()
+    assert n_val >= 1 and abs(n_val - 0.1 * len(train_val)) <= 5
 
 
 def test_rejected_test_candidates_are_refilled(tmp_path: Path) -> None:
@@ -322,3 +358,21 @@ def test_kermany_environment_on_the_real_sample(
     assert manifest.groupby("patient_id")["split"].nunique().max() == 1
     (train,) = (tmp_path / "data" / "05_model_input").glob("train_images.npy/*/train_images.npy")
     assert np.load(train).shape == ((manifest["split"] == "train").sum(), 128, 128)
+
+
+def test_protocol_and_real_dir_are_checked_parameters() -> None:
+    from kedro.config import OmegaConfigLoader
+
+    from oct_vae.params import find_problems
+    from oct_vae.settings import CONFIG_LOADER_ARGS
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    for env in ("base", "kermany"):
+        params = OmegaConfigLoader(str(conf), env=env, **CONFIG_LOADER_ARGS)["parameters"]
+        assert params["ingest"]["protocol"] == "paper"
+        assert find_problems({**params, "real_dir": "/data/real"}) == []
+        official = {**params, "ingest": {**params["ingest"], "protocol": "official"}}
+        assert find_problems(official) == []
+        typo = {**params, "ingest": {**params["ingest"], "protocol": "offical"}}
+        (problem,) = find_problems(typo)
+        assert "ingest.protocol='offical'" in problem and "'official'" in problem

@@ -34,7 +34,7 @@ from kedro_datasets.pandas import CSVDataset
 from kedro_datasets.text import TextDataset
 from matplotlib.figure import Figure
 
-from oct_vae.datasets._local import remove_empty_version_dir
+from oct_vae.datasets.versioned import remove_empty_version_dir
 from oct_vae.fileio import atomic_write, atomic_write_dir
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from kedro.io.core import Version
 
-from oct_vae.datasets._local import LocalVersionedDataset
+from oct_vae.datasets.versioned import LocalVersionedDataset
 
 
 class NpyDataset(LocalVersionedDataset):

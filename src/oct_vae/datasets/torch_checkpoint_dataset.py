@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from oct_vae.datasets._local import LocalVersionedDataset
+from oct_vae.datasets.versioned import LocalVersionedDataset
 
 
 class TorchCheckpointDataset(LocalVersionedDataset):

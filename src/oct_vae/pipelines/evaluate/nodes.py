@@ -1,4 +1,4 @@
-"""Thin Kedro adapters over ``oct_vae.detector``, ``oct_vae.evaluation`` and ``oct_vae.plots``."""
+"""Thin Kedro adapters over ``oct_vae.detector``, ``oct_vae.report`` and ``oct_vae.plots``."""
 
 from __future__ import annotations
 
@@ -9,32 +9,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from oct_vae import lineage, plots
-from oct_vae.detector import AnomalyDetector, operating_threshold
+from oct_vae import imaging, kermany, lineage, plots, report
+from oct_vae.detector import AnomalyDetector
+from oct_vae.device import resolve_device
 from oct_vae.evaluation import (
-    GROUPS,
-    PAPER_AUC,
     PAPER_COLUMNS,
     ROW_NAMES,
     auc_table,
-    bootstrap_auc_draws,
-    format_cell,
-    group_auc,
-    group_auprc,
-    interval,
     metric_key,
-    patient_level,
-    sensitivity_at_threshold,
-    specificity_at_threshold,
 )
 from oct_vae.scores import reconstruct
-from oct_vae.training import resolve_device
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ("path", "label", "patient_id")
-# New scores are compared with the paper's best score, paired over bootstrap resamples.
-REFERENCE_SCORE = "reconstruction"
+ID_COLUMNS, ERROR_COLUMN = report.ID_COLUMNS, report.ERROR_COLUMN
 
 
 def _split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -44,12 +32,6 @@ def _split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def _score_columns(scores: pd.DataFrame) -> list[str]:
-    """Score columns in the report's order: the paper's, the baselines, the new scores."""
-    present = [c for c in scores.columns if c not in ID_COLUMNS]
-    return [c for c in ROW_NAMES if c in present] + [c for c in present if c not in ROW_NAMES]
-
-
 def score_test_set(
     vae_model: dict[str, Any], test_images: np.ndarray, oct_manifest: pd.DataFrame, device: str
 ) -> pd.DataFrame:
@@ -57,7 +39,9 @@ def score_test_set(
     rows = _split_rows(oct_manifest, "test")
     # Checked here as well as by RunIsolationHook: a runner without hooks gets it too.
     lineage.check_rows(
-        "test_images", np.asarray(test_images), rows["sha1"].astype(str).tolist(),
+        "test_images",
+        np.asarray(test_images),
+        rows["sha1"].astype(str).tolist(),
         rows["path"].tolist(),
     )
     check_model_matches_split(vae_model, oct_manifest, test_images)
@@ -95,16 +79,117 @@ def check_model_matches_split(
     )
 
 
+def score_real_scans(
+    real_scans: pd.DataFrame,
+    vae_model: dict[str, Any],
+    oct_manifest: pd.DataFrame,
+    max_image_pixels: int,
+    workers: int,
+    device: str,
+) -> pd.DataFrame:
+    """Transfer to real scans: every score of every real labelled scan in ``real_scans``.
+
+    The files are indexed like ingest does (``kermany.index_scans``: class from the folder
+    and the file name, patient id from the file name) and decoded exactly like ingest
+    (``imaging.decode_scans`` at the model's image size). These scans are only scored:
+    never used for training, thresholds or any choice.
+
+    Nothing is dropped silently: a file that is not a scan or cannot be decoded, and a
+    scan the model may have seen (pixels identical to a training or validation scan, or a
+    patient of the training or validation split), gets a row with empty scores and the
+    reason in ``error``. A missing or empty folder gives an empty table and one log line.
+
+    Returns:
+        One row per file: ``path`` (relative to the folder), ``label``, ``patient_id``,
+        every score, ``error``.
+    """
+    names = report.score_columns(pd.DataFrame(columns=list(vae_model["calibration"])))
+    columns = [*ID_COLUMNS, *names, ERROR_COLUMN]
+    if real_scans is None or len(real_scans) == 0:
+        log.info(
+            "transfer to real scans skipped: no files in the real_scans folder "
+            "(default ../shared/data next to the project; set it with --params real_dir=<folder>)"
+        )
+        return pd.DataFrame(columns=columns)
+    size = int(vae_model["model_config"]["image_size"])
+    out, pixels, keep = _decode_real_scans(
+        real_scans, size, max_image_pixels, workers, _training_data(oct_manifest)
+    )
+    for name in names:
+        out[name] = np.nan
+    if keep:
+        detector = AnomalyDetector(vae_model, resolve_device(device))
+        scores = detector.score(pixels[[i for _, i in keep]])
+        for name in names:
+            out.loc[[r for r, _ in keep], name] = scores[name]
+    out = out[columns].sort_values("path", ignore_index=True)
+    _log_real_scans(out)
+    return out
+
+
+def _decode_real_scans(
+    real_scans: pd.DataFrame, size: int, max_pixels: int, workers: int,
+    seen: tuple[set[str], set[str]],
+) -> tuple[pd.DataFrame, np.ndarray, list[tuple[int, int]]]:
+    """Index and decode the files as ingest does; one row per file with its reason when it
+    is not scored. Returns the rows, the decoded pixels, and (row, pixel row) to score."""
+    keys = real_scans["key"].astype(str).tolist()
+    files = dict(zip(keys, real_scans["path"].astype(str), strict=True))
+    scans, rejected = kermany.index_scans(keys)
+    pixels, results = imaging.decode_scans(
+        [files[s.path] for s in scans], size=size, max_pixels=max_pixels, workers=workers,
+        progress=False,
+    )
+    rows: list[dict[str, Any]] = [
+        {"path": path, "label": "", "patient_id": "", ERROR_COLUMN: reason}
+        for path, reason in rejected
+    ]
+    keep = []
+    for i, (scan, result) in enumerate(zip(scans, results, strict=True)):
+        reason = result.reason or _seen_reason(scan, result.sha1, seen)
+        rows.append({"path": scan.path, "label": scan.label, "patient_id": scan.patient_id,
+                     ERROR_COLUMN: reason})
+        if not reason:
+            keep.append((len(rows) - 1, i))
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, ERROR_COLUMN]), pixels, keep
+
+
+def _log_real_scans(out: pd.DataFrame) -> None:
+    bad = out[out[ERROR_COLUMN] != ""]
+    for path, reason in bad[["path", ERROR_COLUMN]].itertuples(index=False):
+        log.warning("real scan %s not scored: %s", path, reason)
+    scored = out[out[ERROR_COLUMN] == ""]
+    log.info(
+        "transfer to real scans: %d scored (%s), %d not scored (listed in real_scan_scores)",
+        len(scored), scored["label"].value_counts().to_dict(), len(bad),
+    )
+
+
+def _training_data(oct_manifest: pd.DataFrame) -> tuple[set[str], set[str]]:
+    """SHA-1s and patient ids of the training and validation rows (what the model saw)."""
+    rows = oct_manifest[oct_manifest["split"].isin(["train", "val"])]
+    return set(rows["sha1"].astype(str)), set(rows["patient_id"].astype(str))
+
+
+def _seen_reason(scan: kermany.Scan, sha1: str, seen: tuple[set[str], set[str]]) -> str:
+    hashes, patients = seen
+    if sha1 in hashes:
+        return "identical pixels to a training or validation scan of the model"
+    if scan.patient_id in patients:
+        return f"patient {scan.patient_id} is in the model's training or validation split"
+    return ""
+
+
 def build_auc_table(test_scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The paper's AUC table (rows: scores; columns: CNV, DME, Drusen, All), logged beside
     the paper's own numbers, and every cell as an MLflow metric."""
     labels = test_scores["label"].to_numpy()
-    names = _score_columns(test_scores)
+    names = report.score_columns(test_scores)
     table = auc_table(labels, {n: test_scores[n].to_numpy() for n in names})
     frame = pd.DataFrame(
         [{"score": row, **cells} for row, cells in table.items()], columns=["score", *PAPER_COLUMNS]
     )
-    log.info("AUC table (this run | paper):\n%s", _paper_layout(frame))
+    log.info("AUC table (this run | paper):\n%s", report.paper_layout(frame))
     metrics = {
         metric_key("auc", name, col): {
             "value": float(table[ROW_NAMES.get(name, name)][col]),
@@ -117,21 +202,6 @@ def build_auc_table(test_scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     return frame, metrics
 
 
-def _paper_layout(frame: pd.DataFrame) -> str:
-    header = f"{'':36s}" + "".join(f"{c:>14s}" for c in PAPER_COLUMNS)
-    lines = [header]
-    for _, row in frame.iterrows():
-        paper = PAPER_AUC.get(row["score"], {})
-        cells = "".join(
-            f"{format_cell(row[c]):>7s} | {paper[c]:.2f}"
-            if c in paper
-            else f"{format_cell(row[c]):>7s} |  -  "
-            for c in PAPER_COLUMNS
-        )
-        lines.append(f"{row['score']:36s}{cells}")
-    return "\n".join(lines)
-
-
 def build_statistical_report(
     test_scores: pd.DataFrame,
     vae_model: dict[str, Any],
@@ -139,175 +209,31 @@ def build_statistical_report(
     specificity: float,
     seed: int,
     run_info: dict[str, Any],
-) -> tuple[pd.DataFrame, str, dict[str, Any]]:
+    real_scan_scores: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, str]:
     """AUCs with patient-bootstrap 95% CIs, AUPRC and sensitivity at the validation-chosen
-    threshold, at image and patient level, for every score and every column.
+    threshold, at image and patient level, for every score and column, on the test split
+    and on the real scans (transfer), with the provenance of every number
+    (``oct_vae.report.build_report``).
 
     The operating threshold of each score is the ``specificity`` quantile of the validation
-    normals' scores stored in ``vae_model``; test labels never touch it.
-
-    Every row also names what it was computed from: the versions of ``vae_model``,
-    ``test_images`` and ``oct_manifest`` this run read (``run_info``) and the fingerprint of
-    the model's training data.
+    normals' scores stored in ``vae_model``; test labels and real scans never touch it.
 
     Returns:
-        A long table (one row per level, score and column), its Markdown rendering, and the
-        same numbers as MLflow metrics.
+        ``auc_report`` (the long table) and ``auc_report_markdown``.
     """
     calibration = {k: v.numpy() for k, v in vae_model["calibration"].items()}
-    names = [n for n in _score_columns(test_scores) if n in calibration]
-    labels = test_scores["label"].to_numpy()
-    patients = test_scores["patient_id"].astype(str).to_numpy()
-    scores = {n: test_scores[n].to_numpy(dtype=np.float64) for n in names}
-    columns = list(GROUPS)
-    thresholds = {n: operating_threshold(calibration[n], specificity) for n in names}
-
-    records = []
-    for level in ("image", "patient"):
-        if level == "image":
-            lab, pat, sc = labels, patients, scores
-        else:
-            lab, pat, sc = patient_level(labels, patients, scores)
-        draws = bootstrap_auc_draws(lab, pat, sc, columns, n_resamples=n_bootstrap, seed=seed)
-        for n in names:
-            for col in columns:
-                ref = sc.get(REFERENCE_SCORE)
-                delta = (
-                    group_auc(lab, sc[n], col) - group_auc(lab, ref, col)
-                    if ref is not None
-                    else np.nan
-                )
-                # paired: the same resamples for both scores
-                delta_ci = (
-                    interval(draws[n][col] - draws[REFERENCE_SCORE][col])
-                    if ref is not None
-                    else (np.nan, np.nan)
-                )
-                records.append(
-                    {
-                        "level": level,
-                        "score": ROW_NAMES.get(n, n),
-                        "score_key": n,
-                        "column": col,
-                        "auc": group_auc(lab, sc[n], col),
-                        "ci_low": interval(draws[n][col])[0],
-                        "ci_high": interval(draws[n][col])[1],
-                        "delta_vs_reconstruction": delta,
-                        "delta_ci_low": delta_ci[0],
-                        "delta_ci_high": delta_ci[1],
-                        "auprc": group_auprc(lab, sc[n], col),
-                        "threshold": thresholds[n],
-                        "sensitivity": sensitivity_at_threshold(lab, sc[n], thresholds[n], col),
-                        "test_specificity": specificity_at_threshold(lab, sc[n], thresholds[n]),
-                        "n_positive": int(np.isin(lab, GROUPS[col]).sum()),
-                        "n_normal": int((lab == "NORMAL").sum()),
-                    }
-                )
-    report = pd.DataFrame.from_records(records)
-    provenance = _provenance(vae_model, run_info)
-    for key, value in provenance.items():
-        report[key] = value
-    markdown = render_markdown(report, specificity, n_bootstrap)
-    markdown += "\n## Provenance\n\n" + "".join(
-        f"- {key}: `{value}`\n" for key, value in provenance.items()
+    provenance = report.provenance(vae_model, run_info)
+    table, markdown = report.build_report(
+        test_scores, calibration, n_bootstrap, specificity, seed, provenance, real_scan_scores
     )
     log.info("Extended results:\n%s", markdown)
-    metrics: dict[str, Any] = {}
-    for r in report.itertuples():
-        prefix = "auc" if r.level == "image" else "patient_auc"
-        for field, value in (("", r.auc), ("_ci_low", r.ci_low), ("_ci_high", r.ci_high)):
-            if np.isfinite(value):
-                metrics[metric_key(prefix, r.score_key, r.column) + field] = {
-                    "value": float(value),
-                    "step": 0,
-                }
-        for kind, value in (
-            ("auprc", r.auprc),
-            ("sens_at_spec", r.sensitivity),
-            ("delta_auc", r.delta_vs_reconstruction),
-        ):
-            if np.isfinite(value):
-                key = metric_key(
-                    kind if r.level == "image" else f"patient_{kind}", r.score_key, r.column
-                )
-                metrics[key] = {"value": float(value), "step": 0}
-    return report, markdown, metrics
+    return table, markdown
 
 
-def _provenance(vae_model: dict[str, Any], run_info: dict[str, Any]) -> dict[str, str]:
-    versions = run_info.get("versions", {})
-    out = {"run_id": str(run_info.get("run_id", ""))}
-    for name in ("vae_model", "test_images", "oct_manifest"):
-        out[f"{name}_version"] = str(versions.get(name, ""))
-    out["data_fingerprint"] = str(vae_model.get("metadata", {}).get("data_fingerprint", ""))
-    return out
-
-
-def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) -> str:
-    """Markdown tables: AUC [95% CI] per level, then AUPRC and sensitivity at the threshold."""
-    parts = [
-        "# oct-vae results",
-        "",
-        f"AUC with 95% CI from {n_bootstrap} patient-level bootstrap resamples. "
-        "Urgent = CNV + DME vs normal. Paper rows first, then baselines, then new scores.",
-    ]
-    columns = list(GROUPS)
-    for level in ("image", "patient"):
-        sub = report[report["level"] == level]
-        parts += [
-            "",
-            f"## {level.capitalize()}-level AUC",
-            "",
-            "| score | " + " | ".join(columns) + " |",
-            "|---" * (len(columns) + 1) + "|",
-        ]
-        for score, grp in sub.groupby("score", sort=False):
-            cells = {r.column: format_cell(r.auc, (r.ci_low, r.ci_high)) for r in grp.itertuples()}
-            parts.append(f"| {score} | " + " | ".join(cells[c] for c in columns) + " |")
-    parts += [
-        "",
-        "## Difference to the paper's reconstruction score, All column (paired bootstrap)",
-        "",
-        "| score | image level | patient level |",
-        "|---|---|---|",
-    ]
-    allcol = report[report["column"] == "All"]
-    for score, grp in allcol.groupby("score", sort=False):
-        cells = []
-        for level in ("image", "patient"):
-            r = grp[grp["level"] == level].iloc[0]
-            cells.append(_delta_cell(r.delta_vs_reconstruction, r.delta_ci_low, r.delta_ci_high))
-        parts.append(f"| {score} | " + " | ".join(cells) + " |")
-    sub = report[report["level"] == "image"]
-    parts += [
-        "",
-        f"## Image-level AUPRC and sensitivity at {specificity:.0%} specificity "
-        "(threshold from validation normals)",
-        "",
-        "| score | "
-        + " | ".join(f"AUPRC {c}" for c in columns)
-        + " | "
-        + " | ".join(f"Sens. {c}" for c in columns)
-        + " | test spec. |",
-        "|---" * (2 * len(columns) + 2) + "|",
-    ]
-    for score, grp in sub.groupby("score", sort=False):
-        by = {r.column: r for r in grp.itertuples()}
-        parts.append(
-            f"| {score} | "
-            + " | ".join(format_cell(by[c].auprc) for c in columns)
-            + " | "
-            + " | ".join(format_cell(by[c].sensitivity) for c in columns)
-            + f" | {format_cell(grp['test_specificity'].iloc[0])} |"
-        )
-    return "\n".join(parts) + "\n"
-
-
-def _delta_cell(delta: float, low: float, high: float) -> str:
-    if not np.isfinite(delta):
-        return "n/a"
-    better = " (better)" if low > 0 else " (worse)" if high < 0 else ""
-    return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}]{better}"
+def collect_report_metrics(auc_report: pd.DataFrame) -> dict[str, Any]:
+    """Every number of ``auc_report`` as an MLflow metric (real scans: prefix ``real_``)."""
+    return report.report_metrics(auc_report)
 
 
 def plot_reconstructions(
@@ -326,7 +252,7 @@ def plot_roc_curves(test_scores: pd.DataFrame) -> Figure:
     """ROC curves per disease for each score."""
     labels = test_scores["label"].to_numpy()
     return plots.roc_curves(
-        labels, {n: test_scores[n].to_numpy() for n in _score_columns(test_scores)}
+        labels, {n: test_scores[n].to_numpy() for n in report.score_columns(test_scores)}
     )
 
 
@@ -334,5 +260,5 @@ def plot_score_distributions(test_scores: pd.DataFrame) -> Figure:
     """Score histograms per class."""
     labels = test_scores["label"].to_numpy()
     return plots.score_distributions(
-        labels, {n: test_scores[n].to_numpy() for n in _score_columns(test_scores)}
+        labels, {n: test_scores[n].to_numpy() for n in report.score_columns(test_scores)}
     )

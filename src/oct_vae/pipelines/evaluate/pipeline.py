@@ -5,15 +5,18 @@ from kedro.pipeline import Node, Pipeline
 from oct_vae.pipelines.evaluate.nodes import (
     build_auc_table,
     build_statistical_report,
+    collect_report_metrics,
     plot_reconstructions,
     plot_roc_curves,
     plot_score_distributions,
+    score_real_scans,
     score_test_set,
 )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """Score the test scans with the latest ``vae_model`` and report."""
+    """Score the test scans (and the real scans of ``real_scans``, a transfer test) with the
+    latest ``vae_model`` and report."""
     return Pipeline(
         [
             Node(
@@ -21,6 +24,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["vae_model", "test_images", "oct_manifest", "params:device"],
                 outputs="test_scores",
                 name="score_test_set",
+            ),
+            Node(
+                score_real_scans,
+                inputs=[
+                    "real_scans",
+                    "vae_model",
+                    "oct_manifest",
+                    "params:ingest.max_image_pixels",
+                    "params:ingest.workers",
+                    "params:device",
+                ],
+                outputs="real_scan_scores",
+                name="score_real_scans",
             ),
             Node(
                 build_auc_table,
@@ -37,9 +53,16 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:evaluate.specificity",
                     "params:seed",
                     "run_info",
+                    "real_scan_scores",
                 ],
-                outputs=["auc_report", "auc_report_markdown", "report_metrics"],
+                outputs=["auc_report", "auc_report_markdown"],
                 name="build_statistical_report",
+            ),
+            Node(
+                collect_report_metrics,
+                inputs="auc_report",
+                outputs="report_metrics",
+                name="collect_report_metrics",
             ),
             Node(
                 plot_reconstructions,

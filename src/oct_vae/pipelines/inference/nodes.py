@@ -10,7 +10,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from oct_vae import serving
-from oct_vae.training import resolve_device
+from oct_vae.device import resolve_device
 
 # Request columns: the scan as base64 text, and an optional id echoed back.
 IMAGE_COLUMN = "image_b64"
@@ -52,20 +52,8 @@ def score_request(
             (the model server answers HTTP 400 with this reason).
     """
     start = time.perf_counter()
-    try:
-        if IMAGE_COLUMN not in scoring_request.columns:
-            raise serving.BadRequest(f"the request has no {IMAGE_COLUMN!r} column")
-        n_rows = len(scoring_request)
-        serving.check_request(n_rows, max_request_rows)
-        values = scoring_request[IMAGE_COLUMN].tolist()
-        # Bounds what one request makes the model hold and decode. `mlflow models serve`
-        # has no body-size setting (MLflow's scoring server reads the whole body and
-        # uvicorn has no limit), so there the body has been read and parsed by now;
-        # `python -m oct_vae.serve` also refuses an oversized body before reading it.
-        serving.check_payload(values, max_request_bytes)
-    except serving.BadRequest as exc:
-        _logger.info("refused a request: %s", exc)
-        raise MlflowException.invalid_parameter_value(str(exc)) from None
+    values = _checked_request(scoring_request, max_request_rows, max_request_bytes)
+    n_rows = len(values)
     try:
         detector = serving.DETECTORS.get(scorer_checkpoint, resolve_device(device))
         decoded = serving.decode_request(
@@ -79,11 +67,30 @@ def score_request(
     if ID_COLUMN in scoring_request.columns:
         out.insert(0, ID_COLUMN, scoring_request[ID_COLUMN].tolist())
     n_ok = int(decoded.ok.sum())
-    _logger.info(
-        "scored a request: %d rows, %d scored, %d errors, %.2f s",
-        n_rows,
-        n_ok,
-        n_rows - n_ok,
-        time.perf_counter() - start,
-    )
+    _logger.info("scored a request: %d rows, %d scored, %d errors, %.2f s",
+                 n_rows, n_ok, n_rows - n_ok, time.perf_counter() - start)
     return out.astype(object).where(out.notna(), None)
+
+
+def _checked_request(
+    scoring_request: pd.DataFrame, max_request_rows: int, max_request_bytes: int
+) -> list[Any]:
+    """The request's base64 cells, once the request as a whole passed its checks.
+
+    Raises:
+        MlflowException: What is wrong with the request (HTTP 400).
+    """
+    try:
+        if IMAGE_COLUMN not in scoring_request.columns:
+            raise serving.BadRequest(f"the request has no {IMAGE_COLUMN!r} column")
+        serving.check_request(len(scoring_request), max_request_rows)
+        values = scoring_request[IMAGE_COLUMN].tolist()
+        # Bounds what one request makes the model hold and decode. `mlflow models serve`
+        # has no body-size setting (MLflow's scoring server reads the whole body and
+        # uvicorn has no limit), so there the body has been read and parsed by now;
+        # `python -m oct_vae.serve` also refuses an oversized body before reading it.
+        serving.check_payload(values, max_request_bytes)
+    except serving.BadRequest as exc:
+        _logger.info("refused a request: %s", exc)
+        raise MlflowException.invalid_parameter_value(str(exc)) from None
+    return values

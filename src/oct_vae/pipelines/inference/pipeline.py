@@ -13,6 +13,7 @@ from oct_vae.pipelines.inference.nodes import (
     score_request,
 )
 from oct_vae.pipelines.inference.runner import SequentialRunner as QuietSequentialRunner
+from oct_vae.requirements import pins
 
 # The MLflow model every training run logs: runs:/<run id>/oct_vae_scorer.
 MODEL_NAME = "oct_vae_scorer"
@@ -21,17 +22,11 @@ INPUT_NAME = "scoring_request"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", IMAGE_COLUMN), ColSpec("string", ID_COLUMN, required=False)])
 )
-PIP_REQUIREMENTS = [
-    "oct-vae",
-    "kedro>=1.0,<2.0",
-    "kedro-mlflow>=2.0.3,<3.0",
-    "mlflow>=3.1,<3.19",
-    "torch>=2.4,<2.15",
-    "numpy",
-    "pandas",
-    "pillow>=10.0",
-    "scikit-image>=0.22",
-]
+# What the served model needs, as pinned in pyproject.toml (the one place pins live).
+PIP_REQUIREMENTS = pins(
+    "kedro", "kedro-mlflow", "mlflow", "torch", "numpy", "pandas", "pillow", "scikit-image",
+    "scipy",
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -87,6 +82,8 @@ def bind_to_training(training: Pipeline) -> PipelineML:
         kpm_kwargs={"copy_mode": "assign", "runner": QuietSequentialRunner()},
         log_model_kwargs={
             "name": MODEL_NAME,
+            # Also a new version of the registered model (oct_vae.registry).
+            "registered_model_name": MODEL_NAME,
             "signature": SIGNATURE,
             "pip_requirements": PIP_REQUIREMENTS,
         },

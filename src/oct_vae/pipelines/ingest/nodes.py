@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -67,12 +66,15 @@ def decode_scans(
     image_size: int,
     max_image_pixels: int,
     workers: int,
+    protocol: str = "paper",
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Decode every normal scan and just enough diseased scans to fill the test quotas.
 
     Diseased scans are decoded in draw order (``kermany.candidates``) with a margin;
     when rejects leave a quota short, the next candidates are decoded, until it is full
-    or the class runs out, so decoding failures never shrink the test set.
+    or the class runs out, so decoding failures never shrink the test set. With
+    ``protocol="official"`` the quotas do not apply: every normal scan and every
+    diseased scan of the dataset's own test folder is decoded.
 
     Returns:
         ``decoded_scans`` (the index of the decodable scans plus width, height, sha1 of
@@ -81,31 +83,21 @@ def decode_scans(
     """
     scans = _to_scans(scan_index)
     files = scan_index["file" if "file" in scan_index.columns else "path"].astype(str).tolist()
-    kermany.check_enough_scans(scans, test_normals, test_per_disease)
-    todo = [i for i, s in enumerate(scans) if s.label == "NORMAL"]
-    queues = {label: kermany.candidates(scans, label, seed) for label in kermany.DISEASES}
-    wanted = {label: test_per_disease + max(8, test_per_disease // 10) for label in queues}
-    decoded: dict[int, imaging.DecodeResult] = {}
-    parts: list[np.ndarray] = []
-    while True:
-        for label, queue in queues.items():
-            todo += queue[: wanted[label]]
-            queues[label] = queue[wanted[label] :]
-        pixels, results = imaging.decode_scans(
-            [files[i] for i in todo],
-            size=image_size,
-            max_pixels=max_image_pixels,
-            workers=workers,
-        )
-        offset = sum(len(p) for p in parts)
-        parts.append(pixels)
-        for row, (i, result) in enumerate(zip(todo, results, strict=True)):
-            decoded[i] = dataclasses.replace(result, index=row + offset)
-        wanted = _refill(scans, decoded, queues, test_per_disease)
-        if not any(wanted.values()):
-            break
-        todo = []
-
+    kermany.check_protocol(protocol)
+    normals = [i for i, s in enumerate(scans) if s.label == "NORMAL"]
+    if protocol == "official":  # the dataset's own test folder, no quotas
+        first = normals + [
+            i for i, s in enumerate(scans)
+            if s.label != "NORMAL" and kermany.in_official_test(s.path)
+        ]
+        queues: dict[str, list[int]] = {}
+    else:
+        kermany.check_enough_scans(scans, test_normals, test_per_disease)
+        first = normals
+        queues = {label: kermany.candidates(scans, label, seed) for label in kermany.DISEASES}
+    pixels, decoded = imaging.decode_until_full(
+        files, first, queues, test_per_disease, image_size, max_image_pixels, workers
+    )
     valid = sorted((i for i, r in decoded.items() if not r.reason), key=lambda i: scans[i].path)
     table = scan_index.iloc[valid].reset_index(drop=True)
     table["width"] = [decoded[i].width for i in valid]
@@ -114,8 +106,7 @@ def decode_scans(
     table["pixel_row"] = [decoded[i].index for i in valid]
     rejected = [(scans[i].path, r.reason) for i, r in sorted(decoded.items()) if r.reason]
     _warn_rejects(rejected, "decoding")
-    all_pixels = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return table, all_pixels, _rejects_frame(rejected)
+    return table, pixels, _rejects_frame(rejected)
 
 
 def split_scans(
@@ -125,23 +116,71 @@ def split_scans(
     test_per_disease: int,
     max_train_normals: int | None,
     seed: int,
+    protocol: str = "paper",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split patient-disjointly (see ``kermany.split_scans``) and remove test duplicates.
+    """Split patient-disjointly and remove test duplicates.
+
+    ``protocol="paper"``: ``kermany.split_scans`` (our own draw, the test quotas).
+    ``protocol="official"``: ``kermany.official_split`` (the dataset's own test folder;
+    the quotas do not apply); normal scans of patients in that folder are left out of
+    training and validation, counted in the log and listed in the rejects with the reason
+    ``kermany.OFFICIAL_TEST_EXCLUSION``.
 
     A training or validation scan whose decoded 128x128 pixels are identical to a test
     scan's (same SHA-1) is dropped and named in the test row's ``duplicate_of``.
 
     Returns:
         ``oct_manifest`` (MANIFEST_COLUMNS, rows grouped by split in train, val, test
-        order; ``row`` indexes the split's image array) and the dropped duplicates.
+        order; ``row`` indexes the split's image array) and the dropped files (test
+        duplicates; under ``official`` also the excluded test-set patients' scans).
     """
     scans = _to_scans(decoded_scans)
-    splits = kermany.split_scans(
-        scans, val_fraction, test_normals, test_per_disease, max_train_normals, seed
+    splits, excluded = _draw_splits(
+        scans, protocol, val_fraction, test_normals, test_per_disease, max_train_normals, seed
     )
-    hashes = decoded_scans["sha1"].tolist()
-    duplicates = kermany.find_test_duplicates(splits, hashes)
+    duplicates = kermany.find_test_duplicates(splits, decoded_scans["sha1"].tolist())
     dropped = {i: t for t, copies in duplicates.items() for i in copies}
+    manifest = _manifest(decoded_scans, scans, splits, duplicates, dropped)
+    kermany.check_patient_disjoint(
+        {s: manifest.loc[manifest["split"] == s, "patient_id"] for s in kermany.SPLITS}
+    )
+    leaks = [
+        (scans[i].path, f"identical pixels to test scan {scans[t].path}; dropped from training")
+        for i, t in sorted(dropped.items())
+    ]
+    _warn_rejects(leaks, "leakage check")
+    # Counted in one log line above, not one warning per file: this is the protocol.
+    leaks += [(scans[i].path, kermany.OFFICIAL_TEST_EXCLUSION) for i in excluded]
+    log.info("split (patient-disjoint): %s", manifest.groupby(["split", "label"]).size().to_dict())
+    return manifest, _rejects_frame(leaks)
+
+
+def _draw_splits(
+    scans: list[kermany.Scan], protocol: str, val_fraction: float, test_normals: int,
+    test_per_disease: int, max_train_normals: int | None, seed: int,
+) -> tuple[dict[str, list[int]], list[int]]:
+    """The split of ``protocol`` and the scans it leaves out (official: test-set patients)."""
+    kermany.check_protocol(protocol)
+    if protocol != "official":
+        splits = kermany.split_scans(
+            scans, val_fraction, test_normals, test_per_disease, max_train_normals, seed
+        )
+        return splits, []
+    splits, excluded = kermany.official_split(scans, val_fraction, max_train_normals, seed)
+    log.info(
+        "protocol official: test set = the dataset's own test folder (%d scans); "
+        "%d normal scan(s) of %d patient(s) left out of training and validation: %s",
+        len(splits["test"]), len(excluded), len({scans[i].patient_id for i in excluded}),
+        kermany.OFFICIAL_TEST_EXCLUSION,
+    )
+    return splits, excluded
+
+
+def _manifest(
+    decoded_scans: pd.DataFrame, scans: list[kermany.Scan], splits: dict[str, list[int]],
+    duplicates: dict[int, list[int]], dropped: dict[int, int],
+) -> pd.DataFrame:
+    """One row per kept scan, grouped by split in train, val, test order."""
     rows = []
     for split in kermany.SPLITS:
         kept = [i for i in splits[split] if i not in dropped]
@@ -151,18 +190,7 @@ def split_scans(
     index, split_col, row_col, dup_col = zip(*rows, strict=True)
     manifest = decoded_scans.iloc[list(index)].reset_index(drop=True)
     manifest["split"], manifest["row"], manifest["duplicate_of"] = split_col, row_col, dup_col
-    manifest = manifest[MANIFEST_COLUMNS]
-    kermany.check_patient_disjoint(
-        {s: manifest.loc[manifest["split"] == s, "patient_id"] for s in kermany.SPLITS}
-    )
-    leaks = [
-        (scans[i].path, f"identical pixels to test scan {scans[t].path}; dropped from training")
-        for i, t in sorted(dropped.items())
-    ]
-    _warn_rejects(leaks, "leakage check")
-    summary = manifest.groupby(["split", "label"]).size().to_dict()
-    log.info("split (patient-disjoint): %s", summary)
-    return manifest, _rejects_frame(leaks)
+    return manifest[MANIFEST_COLUMNS]
 
 
 def gather_split_images(
@@ -193,23 +221,6 @@ def _to_scans(table: pd.DataFrame) -> list[kermany.Scan]:
         kermany.Scan(str(path), str(label), str(patient), int(number))
         for path, label, patient, number in table[columns].itertuples(index=False)
     ]
-
-
-def _refill(
-    scans: list[kermany.Scan],
-    decoded: dict[int, imaging.DecodeResult],
-    queues: dict[str, list[int]],
-    quota: int,
-) -> dict[str, int]:
-    """How many more candidates of each disease to decode: twice the shortfall plus 8."""
-    valid = dict.fromkeys(queues, 0)
-    for i, result in decoded.items():
-        if not result.reason and scans[i].label in valid:
-            valid[scans[i].label] += 1
-    return {
-        label: 2 * (quota - valid[label]) + 8 if valid[label] < quota and queues[label] else 0
-        for label in queues
-    }
 
 
 def _rejects_frame(rejected: list[tuple[str, str]]) -> pd.DataFrame:

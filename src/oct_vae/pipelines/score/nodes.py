@@ -1,22 +1,22 @@
-"""Nodes of the ``score`` pipeline: thin adapters over ``imaging``, ``serving`` and ``plots``."""
+"""Nodes of the ``score`` pipeline: adapters over ``imaging``, ``serving`` and ``heatmaps``."""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+import torch
 
-from oct_vae import imaging, lineage, plots, serving
+from oct_vae import imaging, lineage, serving
 from oct_vae.datasets.scan_folder_dataset import list_files
 from oct_vae.detector import AnomalyDetector
+from oct_vae.device import resolve_device
+from oct_vae.pipelines.score.heatmaps import HeatmapSpool
 from oct_vae.scores import reconstruct
-from oct_vae.training import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -54,72 +54,124 @@ def score_scans(
     flag_score: str,
     specificity: float,
     device: str,
+    heatmaps: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Decode each file as ingest does (``load_scan``), score it, and draw its heatmap.
 
+    The folder is streamed: files are decoded in batches of ``score_config.batch_size`` on
+    ``workers`` processes (``imaging.iter_decoded``, a few batches in flight), each batch
+    is scored as it comes (``serving.score_decoded``: a scan's scores do not depend on its
+    batch), and its heatmaps are drawn on ``workers`` processes into a temporary folder
+    (``heatmaps.HeatmapSpool``). Memory holds a few batches, the table's rows and the
+    heatmaps' file names, whatever the folder's size.
+
+    Args:
+        heatmaps: ``score.heatmaps``; ``False``: none drawn, the ``heatmap`` column empty.
+
     Returns:
-        ``score_results`` (one row per file, ``path`` relative to ``score.input_dir``;
-        ``error`` says why a file was not scored)
-        and ``score_heatmaps``: ``<run time>/<file>.png`` -> a callable drawing the
-        figure, so a partitioned dataset saves one figure at a time.
+        ``score_results`` (one row per file, ``path`` relative to ``score.input_dir``,
+        ``error`` says why a file was not scored) and ``score_heatmaps``
+        (``<run time>/<file>.png`` -> a callable giving the drawn figure).
     """
+    fingerprint = _model_fingerprint(vae_model)
+    detector = AnomalyDetector(vae_model, resolve_device(device))
+    serving.check_flag_score(detector, flag_score)
+    run = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H.%M.%S.%f")[:-3] + "Z"
+    names = score_files["key"].tolist()
+    cols: dict[str, list[Any]] = {"heatmap": []}
+    spool = HeatmapSpool(workers) if heatmaps else None
+    threads = torch.get_num_threads()
+    if imaging.resolve_workers(workers) > 1:
+        # A core is left to the decoding (and drawing) processes: torch's threads would
+        # otherwise spin-wait against them (4x slower on a busy 2-core machine).
+        torch.set_num_threads(max(1, threads - 1))
+    try:
+        batches = imaging.iter_decoded(
+            score_files["path"].tolist(), detector.image_size, max_image_pixels, workers,
+            batch_size=detector.score_config.batch_size,
+        )
+        for start, results, pixels in batches:
+            decoded = serving.Decoded(pixels, [r.reason or None for r in results])
+            _score_batch(cols, detector, decoded, flag_score, specificity, spool,
+                         names[start:], run)
+        drawn = spool.close() if spool is not None else {}
+    except BaseException:
+        if spool is not None:
+            spool.abort()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    # Paths relative to score.input_dir: where the folder lives is not recorded.
+    table = pd.DataFrame({"path": names, **cols})
+    _log_summary(table, flag_score, specificity, run if heatmaps else None)
+    log.info("model trained on data %s (vae_model metadata.data_fingerprint)", fingerprint)
+    return table, drawn
+
+
+def _score_batch(
+    cols: dict[str, list[Any]], detector: AnomalyDetector, decoded: serving.Decoded,
+    flag_score: str, specificity: float, spool: HeatmapSpool | None, names: list[str],
+    run: str,
+) -> None:
+    """Score one decoded batch into the table's columns; spool its heatmaps."""
+    part = serving.score_decoded(detector, decoded, flag_score, specificity)
+    for name, values in part.items():
+        cols.setdefault(name, []).extend(values)
+    cols["heatmap"].extend(_spool_heatmaps(spool, detector, decoded, part, names, run))
+
+
+def _model_fingerprint(vae_model: dict[str, Any]) -> str:
     fingerprint = vae_model.get("metadata", {}).get("data_fingerprint")
     if fingerprint is None:
         raise lineage.LineageError(
             "vae_model records no data fingerprint (it was written by an older oct-vae), so "
             f"its scores could not be traced to its training data. Run `{lineage.TRAIN_COMMAND}`."
         )
-    detector = AnomalyDetector(vae_model, resolve_device(device))
-    serving.check_flag_score(detector, flag_score)
-    pixels, results = imaging.decode_scans(
-        score_files["path"].tolist(), detector.image_size, max_image_pixels, workers
+    return fingerprint
+
+
+def _spool_heatmaps(
+    spool: HeatmapSpool | None, detector: AnomalyDetector, decoded: serving.Decoded,
+    part: dict[str, list[Any]], names: list[str], run: str,
+) -> list[str | None]:
+    """Hand each scored scan of a batch to the heatmap spool; its partition key, or None."""
+    keys: list[str | None] = [None] * len(decoded.errors)
+    ok = np.flatnonzero(decoded.ok)
+    if spool is None or not ok.size:
+        return keys
+    recon, error = reconstruct(
+        detector.model, decoded.images[ok], detector.score_config, detector.device
     )
-    decoded = serving.Decoded(pixels, [r.reason or None for r in results])
-    cols = serving.score_decoded(detector, decoded, flag_score, specificity)
-    run = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H.%M.%S.%f")[:-3] + "Z"
-    keys = [
-        f"{run}/{key}.png" if err is None else None
-        for key, err in zip(score_files["key"], decoded.errors)
-    ]
-    # Paths relative to score.input_dir: where the folder lives is not recorded.
-    table = pd.DataFrame({"path": score_files["key"], "heatmap": keys, **cols})
-    heatmaps = {
-        key: partial(_heatmap, detector, image, _title(row))
-        for key, image, row in zip(keys, decoded.images, table.itertuples())
-        if key is not None
-    }
-    _log_summary(table, flag_score, specificity, run)
-    log.info("model trained on data %s (vae_model metadata.data_fingerprint)", fingerprint)
-    return table, heatmaps
+    for j, row in enumerate(ok):
+        keys[row] = f"{run}/{names[row]}.png"
+        spool.add(keys[row], decoded.images[row], recon[j], error[j], _title(names[row], part, row))
+    return keys
 
 
-def _heatmap(detector: AnomalyDetector, image: np.ndarray, title: str) -> Figure:
-    recon, error = reconstruct(detector.model, image[None], detector.score_config, detector.device)
-    return plots.heatmap_figure(image, recon[0], error[0], title)
-
-
-def _title(row: Any) -> str:
-    value = getattr(row, row.flag_score)
-    verdict = "ANOMALOUS" if row.anomalous else "normal"
+def _title(path: str, cols: dict[str, list[Any]], row: int) -> str:
+    flag_score = cols["flag_score"][row]
+    verdict = "ANOMALOUS" if cols["anomalous"][row] else "normal"
     return (
-        f"{Path(row.path).name}: {row.flag_score} {value:.1f} "
-        f"(percentile {getattr(row, f'{row.flag_score}_percentile'):.0f} of validation normals) "
+        f"{Path(path).name}: {flag_score} {cols[flag_score][row]:.1f} "
+        f"(percentile {cols[f'{flag_score}_percentile'][row]:.0f} of validation normals) "
         f"- {verdict}"
     )
 
 
-def _log_summary(table: pd.DataFrame, flag_score: str, specificity: float, run: str) -> None:
+def _log_summary(table: pd.DataFrame, flag_score: str, specificity: float, run: str | None) -> None:
     failed = table["error"].notna()
     log.info(
         "scored %d of %d files; %d flagged anomalous (%s > %.6g, %.0f%% specificity on "
-        "validation normals); heatmaps in the score_heatmaps folder %s/",
+        "validation normals); %s",
         (~failed).sum(),
         len(table),
         int(table["anomalous"].eq(True).sum()),
         flag_score,
         table["threshold"].iloc[0],
         100 * specificity,
-        run,
+        f"heatmaps in the score_heatmaps folder {run}/"
+        if run is not None
+        else "no heatmaps (score.heatmaps: false)",
     )
     for row in table[failed].head(_LOGGED_ERRORS).itertuples():
         log.warning("not scored: %s (%s)", row.path, row.error)

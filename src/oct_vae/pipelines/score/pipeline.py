@@ -25,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:score.flag_score",
                     "params:score.specificity",
                     "params:device",
+                    "params:score.heatmaps",
                 ],
                 outputs=["score_results", "score_heatmaps"],
                 name="score_scans",

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oct_vae import distributed
+from oct_vae.checkpoint import load_model
 from oct_vae.detector import calibrate_checkpoint
-from oct_vae.distributed import launched_by_torchrun, train_distributed
+from oct_vae.device import resolve_device
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.scores import ScoreConfig
-from oct_vae.training import TrainConfig, Trainer, load_model, resolve_device
+from oct_vae.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +117,7 @@ def train_vae(
     model_config, config = split_train_params(params, int(train_images.shape[1]), seed, device)
     checkpoint_dir, resume = checkpoint_folders(params, run_info)
     config = dataclasses.replace(config, checkpoint_dir=checkpoint_dir, resume=resume)
-    if config.devices not in (1, "1") or launched_by_torchrun():
-        result = train_distributed(train_images, val_images, model_config, config, config.devices)
-    else:
-        result = Trainer(train_images, val_images, model_config, config).fit()
+    result = distributed.train(train_images, val_images, model_config, config)
     history = pd.DataFrame(result.history)
     meta = result.checkpoint["metadata"]
     log.info(
@@ -134,6 +133,14 @@ def train_vae(
         for col in history.columns
         if col != "epoch"
     }
+    # The fast path this run trained with (oct_vae.autotune) and the step times it measured.
+    fast = meta.get("fast_path", {})
+    for name, ms in fast.get("step_ms", {}).items():
+        metrics[f"autotune_step_ms_{name}"] = [{"value": float(ms), "step": 0}]
+    for key in ("amp", "channels_last", "compile"):
+        if key in fast:
+            name = "autotune_amp_bf16" if key == "amp" else f"autotune_{key}"
+            metrics[name] = [{"value": float(fast[key]), "step": 0}]
     return result.checkpoint, history, metrics
 
 

@@ -1,10 +1,11 @@
 """Training throughput: a naive PyTorch-examples loop against the project's ``Trainer``.
 
-    PYTHONPATH=src python -m oct_vae.bench                     # full size, this machine
-    PYTHONPATH=src python -m oct_vae.bench --quick             # < 1 min on a 2-core CPU
-    PYTHONPATH=src python -m oct_vae.bench --batch-sizes 64,128,256,512
-    PYTHONPATH=src python -m oct_vae.bench --fit-epochs 2      # a real Trainer.fit run
-    PYTHONPATH=src python -m oct_vae.bench --quality --batch-sizes 16,32,64,128
+    PYTHONPATH=src python benchmarks/bench_train.py                  # full size, this machine
+    PYTHONPATH=src python benchmarks/bench_train.py --quick          # < 1 min on a 2-core CPU
+    PYTHONPATH=src python benchmarks/bench_train.py --batch-sizes 64,128,256,512
+    PYTHONPATH=src python benchmarks/bench_train.py --fit-epochs 2   # a real Trainer.fit run
+    PYTHONPATH=src python benchmarks/bench_train.py --quality --batch-sizes 16,32,64,128
+    PYTHONPATH=src python benchmarks/bench_train.py --profile        # top ops, TFLOP/s, MFU
 
 Both loops train the paper's model (width 64, latent 300, 1x128x128) on synthetic uint8
 scans, in one process on one device, their epochs interleaved so that a busy machine
@@ -21,8 +22,17 @@ Reported per loop: images/s (median epoch), the projection to 40 epochs x 25,236
 (the paper's training set; training steps only: no validation, checkpoints or
 compilation), achieved TFLOP/s (forward + backward FLOPs of one training step counted by
 ``torch.utils.flop_counter.FlopCounterMode``), and the ratio project / naive. Results go
-to ``--out`` as JSON. This module imports only numpy, torch and the standard library
-(``--quality --data phantom`` also needs Pillow).
+to ``--out`` as JSON.
+
+``--profile`` instead runs ``torch.profiler`` over a few training steps of the project
+loop (paper's size unless ``--width``/``--batch-size`` say otherwise) and writes the top
+operators by self time (device time on CUDA, CPU time on the CPU) with their share of the
+total, and the achieved TFLOP/s and MFU against the device's dense bf16 peak
+(``PEAK_BF16_TFLOPS``; ``--peak-tflops`` for any other device, else MFU n/a), as
+``profile.md`` and ``profile.json`` in the folder of ``--out``.
+
+This module imports only numpy, torch and the standard library (``--quality --data
+phantom`` also needs Pillow).
 """
 
 from __future__ import annotations
@@ -47,9 +57,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from oct_vae.device import amp_enabled, flag, resolve_device
 from oct_vae.losses import negative_elbo
 from oct_vae.model import VAE, VAEConfig
-from oct_vae.training import TrainConfig, Trainer, resolve_device
+from oct_vae.phantom import layered_scans
+from oct_vae.training import TrainConfig, Trainer, to_float_batch
 
 PAPER_IMAGES = 25_236  # training normals of the paper (Kermany 2018 minus held-out scans)
 PAPER_EPOCHS = 40
@@ -57,46 +69,11 @@ TARGET_GPU_S = 60.0
 TARGET_GPU_RATIO = 5.0
 TARGET_CPU_RATIO = 1.3
 DEFAULT_OUT = "benchmarks/out/bench_train.json"
+# Dense bf16 peaks (TFLOP/s, no sparsity) by GPU name, most specific first.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 
 
 # ---------------------------------------------------------------------------- data
-def synthetic_scans(n: int, size: int = 128, seed: int = 0) -> np.ndarray:
-    """Layered, speckled, retina-like uint8 images (N, size, size), fast to make.
-
-    Seven curved, tilted bands of random reflectivity with a foveal dip, a dark
-    vitreous above and multiplicative speckle: enough structure that a VAE has something
-    to learn, for benchmarks and tests only (the phantom is ``oct_vae.phantom``).
-    """
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, size, size), dtype=np.uint8)
-    xs = np.linspace(-1.0, 1.0, size, dtype=np.float32)
-    rows = np.arange(size, dtype=np.float32)[None, None, :, None]
-    k = 7
-    for start in range(0, n, 256):
-        m = min(256, n - start)
-        top = rng.uniform(0.25, 0.45, (m, 1, 1)) * size
-        thick = rng.uniform(0.02, 0.07, (m, k, 1)) * size
-        tilt = rng.uniform(-0.1, 0.1, (m, 1, 1)) * size * xs
-        bowl = rng.uniform(0.0, 0.12, (m, 1, 1)) * size * xs**2
-        centre = rng.uniform(-0.3, 0.3, (m, 1, 1))
-        pit = rng.uniform(0.0, 0.08, (m, 1, 1)) * size * np.exp(-(((xs - centre) / 0.15) ** 2))
-        depth = np.arange(k)[None, :, None] / k
-        bounds = top + np.cumsum(thick, axis=1) + tilt + bowl - pit * (1 - depth)  # (m, k, S)
-        layer = np.zeros((m, size, size), dtype=np.intp)  # 0 = vitreous, then bands 1..k
-        for j in range(k):
-            layer += rows[:, 0] > bounds[:, j, None, :]
-        refl = rng.uniform(40, 220, (m, k + 1)).astype(np.float32)
-        refl[:, 0] = rng.uniform(5, 20, m)
-        layer += (np.arange(m) * (k + 1))[:, None, None]
-        img = refl.ravel()[layer]
-        # speckle with 2x2-pixel grains: a quarter of the random draws
-        grain = rng.standard_normal((m, size // 2, size // 2), dtype=np.float32)
-        img *= 1.0 + 0.35 * grain.repeat(2, axis=1).repeat(2, axis=2)
-        np.clip(img, 0, 255, out=img)
-        out[start : start + m] = img.astype(np.uint8)
-    return out
-
-
 # --------------------------------------------------------------------------- flops
 def step_flops_per_image(model_config: VAEConfig, likelihood: str = "bernoulli") -> float:
     """FLOPs of one training step (forward + backward) per image, by ``FlopCounterMode``."""
@@ -167,7 +144,9 @@ class ProjectLoop:
     ) -> None:
         self.name = name
         empty = np.zeros((0, *images.shape[1:]), dtype=np.uint8)
+        t0 = time.perf_counter()
         self.trainer = Trainer(images, empty, model_config, config, device=device)
+        self.setup_s = time.perf_counter() - t0  # includes the autotune measurement, if any
         self.n_epochs = 0
 
     def epoch(self) -> int:
@@ -254,13 +233,26 @@ def _project_variants(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [("project", args.compile)]
 
 
+def flag_rule_config(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """``config`` with ``auto`` amp / channels-last replaced by the pre-autotune flag rule
+    (bf16 on CUDA and on CPUs reporting AVX512-BF16/AMX; channels-last on CUDA)."""
+    on_cuda = device.type == "cuda"
+    amp = config.amp
+    if amp == "auto":
+        amp = "bf16" if amp_enabled("auto", device) else "off"
+    layout = config.channels_last
+    if layout == "auto":
+        layout = "on" if flag("auto", on_cuda) else "off"
+    return replace(config, amp=amp, channels_last=layout)
+
+
 def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Naive vs project at ``args.batch_size`` (and the optional batch-size sweep)."""
     model_config = VAEConfig(width=args.width, latent_dim=args.latent_dim)
     flops = step_flops_per_image(model_config)
     n = args.images or args.batch_size * args.steps
     sizes = _parse_sizes(args.batch_sizes) if args.batch_sizes else []
-    images = synthetic_scans(max([n, *(max(n, 2 * b) for b in sizes)]), seed=1)
+    images = layered_scans(max([n, *(max(n, 2 * b) for b in sizes)]), seed=1)
     print(f"{flops / 1e9:.2f} GFLOP per image per training step; {n} images per epoch", flush=True)
     report: dict[str, Any] = {
         "flops_per_image_step": flops,
@@ -276,11 +268,18 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
         loops = []
     for name, compile_ in _project_variants(args):
         config = _train_config(args, args.batch_size, compile_)
+        if args.compare_flag_auto:
+            rule = flag_rule_config(config, device)
+            loops.append(ProjectLoop(images[:n], model_config, rule, device, f"{name}_flag_rule"))
         loops.append(ProjectLoop(images[:n], model_config, config, device, name))
         report["project_config"] = {**asdict(config), "amp_active": loops[-1].trainer.amp,
                                     "channels_last_active": loops[-1].trainer.channels_last}
     report["results"] = measure(loops, device, args.rounds, flops)
     results = report["results"]
+    for loop in loops:
+        if isinstance(loop, ProjectLoop):
+            results[loop.name]["setup_s"] = loop.setup_s
+            results[loop.name]["fast_path"] = loop.trainer.fast_path.to_dict()
     if "naive" in results:
         for name, row in results.items():
             if name != "naive":
@@ -310,7 +309,7 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     model_config = VAEConfig(width=args.width, latent_dim=args.latent_dim)
     n_train = args.fit_images
     n_val = max(1, round(n_train * 0.05))
-    images = synthetic_scans(n_train + n_val, seed=2)
+    images = layered_scans(n_train + n_val, seed=2)
     compile_ = "on" if args.compile == "both" else args.compile
     with tempfile.TemporaryDirectory(prefix="oct-vae-bench-") as tmp:
         config = replace(
@@ -354,7 +353,7 @@ def run_quality(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     if args.data == "phantom":
         train, val = phantom_normals(args.quality_images, n_val)
     else:
-        data = synthetic_scans(args.quality_images + n_val, seed=3)
+        data = layered_scans(args.quality_images + n_val, seed=3)
         train, val = data[: args.quality_images], data[args.quality_images :]
     rows = []
     for b in _parse_sizes(args.batch_sizes or "16,32,64,128"):
@@ -385,6 +384,97 @@ def run_quality(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     }
 
 
+def peak_tflops(name: str, given: float | None = None) -> float | None:
+    """The dense bf16 peak of a device by name (``given`` wins); ``None`` when unknown."""
+    if given:
+        return given
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """``torch.profiler`` over a few project-loop steps: top ops by self time, TFLOP/s, MFU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model_config = VAEConfig(width=args.width, latent_dim=args.latent_dim)
+    flops = step_flops_per_image(model_config)
+    steps, b = args.profile_steps, args.batch_size
+    images = layered_scans(b * 2, seed=1)
+    compile_ = "off" if args.compile == "both" else args.compile
+    loop = ProjectLoop(images, model_config, _train_config(args, b, compile_), device)
+    trainer = loop.trainer
+    gen = torch.Generator().manual_seed(0)
+    eps = torch.randn((b, model_config.latent_dim, 1, 1), generator=gen).to(device)
+    x = to_float_batch(trainer.train_data[:b], trainer.channels_last)
+
+    def step() -> None:
+        trainer._optimise(x, eps, b)
+
+    step()  # warm-up (and compilation, if any)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):  # timed without the profiler's overhead
+        step()
+    _sync(device)
+    step_s = (time.perf_counter() - t0) / steps
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    on_device = device.type == "cuda"
+
+    def self_us(event: Any) -> float:
+        if on_device:
+            return float(getattr(event, "self_device_time_total",
+                                 getattr(event, "self_cuda_time_total", 0.0)))
+        return float(event.self_cpu_time_total)
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0]
+    total = sum(self_us(e) for e in events)
+    events.sort(key=self_us, reverse=True)
+    rows = [
+        {"op": e.key, "calls": int(e.count), "self_ms": self_us(e) / 1e3 / steps,
+         "share_percent": 100.0 * self_us(e) / total}
+        for e in events[: args.profile_top]
+    ]
+    name = device_name(device)
+    tflops = b * flops / step_s / 1e12
+    peak = peak_tflops(name if on_device else "", args.peak_tflops)
+    profile_report = {
+        "device": name, "width": args.width, "batch_size": b, "steps": steps,
+        "amp": "bf16" if trainer.amp else "off", "channels_last": trainer.channels_last,
+        "compile": trainer.fast_path.compile, "time_kind": "device" if on_device else "cpu",
+        "step_ms": 1e3 * step_s, "images_per_s": b / step_s, "tflops": tflops,
+        "peak_tflops": peak, "mfu_percent": 100.0 * tflops / peak if peak else None,
+        "total_self_ms_per_step": total / 1e3 / steps, "top": rows,
+    }
+    folder = Path(args.out).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "profile.json").write_text(json.dumps(profile_report, indent=2))
+    (folder / "profile.md").write_text(profile_markdown(profile_report))
+    print(profile_markdown(profile_report), flush=True)
+    return {"profile": profile_report}
+
+
+def profile_markdown(r: dict[str, Any]) -> str:
+    """The profile as a markdown table with a header of the headline figures."""
+    mfu = f"{r['mfu_percent']:.1f}% of {r['peak_tflops']:.0f}" if r["peak_tflops"] else "n/a"
+    lines = [
+        f"## Profile: {r['device']}", "",
+        f"width {r['width']}, batch {r['batch_size']}, {r['steps']} profiled steps; amp "
+        f"{r['amp']}, channels-last {r['channels_last']}, compile {r['compile']}.", "",
+        f"step {r['step_ms']:.1f} ms ({r['images_per_s']:.1f} images/s, unprofiled), "
+        f"{r['tflops']:.3f} TFLOP/s, MFU {mfu} (dense bf16 peak, TFLOP/s).", "",
+        f"Top ops by self {r['time_kind']} time (share of all ops' self time):", "",
+        "| op | calls | self ms / step | share |", "|---|---:|---:|---:|",
+    ]
+    lines += [f"| `{row['op']}` | {row['calls']} | {row['self_ms']:.2f} | "
+              f"{row['share_percent']:.1f}% |" for row in r["top"]]
+    return "\n".join(lines) + "\n"
+
+
 def phantom_normals(n_train: int, n_val: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Healthy phantom B-scans resized to ``size``; validation patients are disjoint."""
     from PIL import Image
@@ -413,8 +503,9 @@ def _parse_sizes(text: str) -> list[int]:
 
 # ---------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    """Command-line options (``python -m oct_vae.bench --help``)."""
-    p = argparse.ArgumentParser(prog="python -m oct_vae.bench", description=__doc__.split("\n")[0])
+    """Command-line options (``python benchmarks/bench_train.py --help``)."""
+    p = argparse.ArgumentParser(prog="benchmarks/bench_train.py",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--quick", action="store_true",
                    help="small model and few steps: under a minute on a 2-core CPU")
@@ -433,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="project loop: torch.compile setting; both = one row each")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--skip-naive", action="store_true", help="time the project loop only")
+    p.add_argument("--compare-flag-auto", action="store_true",
+                   help="add a project loop with the pre-autotune flag rule for auto settings")
     p.add_argument("--fit-epochs", type=int, default=0,
                    help="instead: run Trainer.fit for this many epochs on synthetic data")
     p.add_argument("--fit-images", type=int, default=PAPER_IMAGES)
@@ -446,6 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-amp", default="off,bf16")
     p.add_argument("--lr-scaling", default="none", choices=("none", "linear"))
     p.add_argument("--lr-reference-batch", type=int, default=64)
+    p.add_argument("--profile", action="store_true",
+                   help="instead: torch.profiler top ops, TFLOP/s and MFU of a few steps")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--profile-top", type=int, default=15)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="dense bf16 peak for MFU where the device is not in the table")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
     return p
 
@@ -519,7 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(note)
     print(f"device: {report['device']}; torch {report['torch_version']}", flush=True)
     command: Callable[[argparse.Namespace, torch.device], dict[str, Any]]
-    if args.quality:
+    if args.profile:
+        command = run_profile
+    elif args.quality:
         command = run_quality
     elif args.fit_epochs:
         command = run_fit
@@ -528,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.update(command(args, device))
     results = report.get("results", {})
     if "naive" in results and len(results) > 1:
-        fast = [r for k, r in results.items() if k != "naive"]
+        fast = [r for k, r in results.items() if k != "naive" and not k.endswith("_flag_rule")]
         best = max(fast, key=lambda r: r["images_per_s"])
         target = TARGET_GPU_RATIO if device.type == "cuda" else TARGET_CPU_RATIO
         report["speedup"] = best["speedup_vs_naive"]
