@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -57,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from oct_vae.device import amp_enabled, flag, resolve_device
+from oct_vae.device import amp_enabled, device_label, flag, resolve_device
 from oct_vae.losses import negative_elbo
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.phantom import layered_scans
@@ -208,16 +207,9 @@ def _figures(images_per_s: float, flops_per_image: float) -> dict[str, float]:
 def device_name(device: torch.device) -> str:
     """Human-readable name of the device (GPU model, or CPU model and core count)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+        return device_label(device)
+    threads = torch.get_num_threads()
+    return f"{device_label(device)} ({os.cpu_count()} cores, {threads} torch threads)"
 
 
 def _train_config(args: argparse.Namespace, batch_size: int, compile_: str) -> TrainConfig:

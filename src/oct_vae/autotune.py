@@ -44,7 +44,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -53,7 +52,7 @@ from typing import Any
 
 import torch
 
-from oct_vae.device import cpu_has_native_bf16
+from oct_vae.device import cpu_has_native_bf16, device_label
 from oct_vae.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -202,20 +201,6 @@ def time_steps(
 def cache_path() -> Path:
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "oct-vae"
     return Path(root).expanduser() / CACHE_FILE
-
-
-def device_label(device: torch.device) -> str:
-    """GPU name, or CPU model name (from /proc/cpuinfo where there is one)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return name
 
 
 def cache_key(device: torch.device, model: dict[str, Any], batch_size: int, likelihood: str,

@@ -9,6 +9,9 @@ used for resuming checkpoints written before autotuning and as the benchmark's "
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 
@@ -70,3 +73,17 @@ def amp_enabled(value: str, device: torch.device) -> bool:
     if device.type not in ("cuda", "cpu") or value == "off":
         return False
     return value == "bf16" or device.type == "cuda" or cpu_has_native_bf16()
+
+
+def device_label(device: torch.device) -> str:
+    """GPU name, or CPU model name (from /proc/cpuinfo where there is one)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return name
