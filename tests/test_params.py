@@ -405,10 +405,13 @@ def test_train_keys_are_the_config_dataclass_fields():
         f.name for f in dataclasses.fields(TrainConfig)
     }
     assert set(P.TRAIN) == fields - {"image_size", "seed", "device"}
-    # ... the same split as the train node's
-    from oct_vae.pipelines.train import nodes
+    # ... split by the train node exactly as the rules split them
+    from oct_vae.pipelines.train.nodes import split_train_params
 
-    assert set(P.MODEL_KEYS) == nodes._MODEL_KEYS and set(P.TRAIN_KEYS) == nodes._TRAIN_KEYS
+    model, train = split_train_params({"width": 4, "epochs": 3}, 32, seed=1, device="cpu")
+    assert model.width == 4 and train.epochs == 3 and train.seed == 1
+    with pytest.raises(ValueError, match="Unknown train parameter"):
+        split_train_params({"seed": 1}, 32, seed=1, device="cpu")  # top level, not train.*
 
 
 def test_every_train_key_has_a_rule_of_its_own():

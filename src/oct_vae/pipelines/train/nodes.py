@@ -16,13 +16,12 @@ from oct_vae.checkpoint import load_model
 from oct_vae.detector import calibrate_checkpoint
 from oct_vae.device import resolve_device
 from oct_vae.model import VAE, VAEConfig
+from oct_vae.params import MODEL_KEYS, TRAIN_KEYS
 from oct_vae.scores import ScoreConfig
 from oct_vae.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
-_MODEL_KEYS = {f.name for f in dataclasses.fields(VAEConfig)} - {"image_size"}
-_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "device"}
 
 
 def split_train_params(
@@ -33,17 +32,17 @@ def split_train_params(
     Raises:
         ValueError: On a key that neither config knows (a typo in parameters_train.yml).
     """
-    unknown = set(params) - _MODEL_KEYS - _TRAIN_KEYS
+    unknown = set(params) - set(MODEL_KEYS) - set(TRAIN_KEYS)
     if unknown:
         raise ValueError(
             f"Unknown train parameter(s) {sorted(unknown)}; "
-            f"known: {sorted(_MODEL_KEYS | _TRAIN_KEYS)}"
+            f"known: {sorted((*MODEL_KEYS, *TRAIN_KEYS))}"
         )
     model = VAEConfig(
-        image_size=image_size, **{k: v for k, v in params.items() if k in _MODEL_KEYS}
+        image_size=image_size, **{k: v for k, v in params.items() if k in MODEL_KEYS}
     )
     train = TrainConfig(
-        seed=seed, device=device, **{k: v for k, v in params.items() if k in _TRAIN_KEYS}
+        seed=seed, device=device, **{k: v for k, v in params.items() if k in TRAIN_KEYS}
     )
     return model, train
 
