@@ -225,14 +225,10 @@ def render_transfer_markdown(
         f"{n_bad} file(s) were not scored; `real_scan_scores` lists each with the reason.",
     ]
     for level in ("image", "patient"):
-        parts += [
-            "",
+        parts += _auc_table(
             f"### {level.capitalize()}-level AUC on real scans",
-            "",
-            "| score | " + " | ".join(columns) + " |",
-            "|---" * (len(columns) + 1) + "|",
-            *_auc_lines(real_report[real_report["level"] == level], columns),
-        ]
+            real_report[real_report["level"] == level], columns,
+        )
     parts += [
         "",
         "### All column: test split beside real scans (image level)",
@@ -277,8 +273,10 @@ def _best_line(test_all: pd.DataFrame, real_all: pd.DataFrame) -> str:
     return line
 
 
-def _auc_lines(sub: pd.DataFrame, columns: list[str]) -> list[str]:
-    lines = []
+def _auc_table(title: str, sub: pd.DataFrame, columns: list[str]) -> list[str]:
+    """A titled Markdown table: one row per score, AUC [95% CI] per column."""
+    lines = ["", title, "", "| score | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for score, grp in sub.groupby("score", sort=False):
         cells = {r.column: format_cell(r.auc, (r.ci_low, r.ci_high)) for r in grp.itertuples()}
         lines.append(f"| {score} | " + " | ".join(cells[c] for c in columns) + " |")
@@ -305,15 +303,9 @@ def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) 
     ]
     columns = list(GROUPS)
     for level in ("image", "patient"):
-        sub = report[report["level"] == level]
-        parts += [
-            "",
-            f"## {level.capitalize()}-level AUC",
-            "",
-            "| score | " + " | ".join(columns) + " |",
-            "|---" * (len(columns) + 1) + "|",
-        ]
-        parts += _auc_lines(sub, columns)
+        parts += _auc_table(
+            f"## {level.capitalize()}-level AUC", report[report["level"] == level], columns
+        )
     parts += [
         "",
         "## Difference to the paper's reconstruction score, All column (paired bootstrap)",
