@@ -85,19 +85,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         OSError: The write failed; the message names ``path`` (see the module docstring).
     """
     path = Path(path)
-    tmp = _create_temp(path, directory=False)
-    try:
-        write(tmp)
-        _maybe_inject_fault(path, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        error = _write_error(path, exc)
-        _remove(tmp)
-        if error is not None:
-            raise error from exc
-        raise
-    _fsync_dir(path.parent)
+    _write_and_rename(path, _create_temp(path, directory=False), write, _fsync, os.replace)
 
 
 def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -111,15 +99,23 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
             ``path``.
     """
     path = Path(path)
-    tmp = _create_temp(path, directory=True)
+    _write_and_rename(path, _create_temp(path, directory=True), write, _fsync_tree, os.rename)
+
+
+def _write_and_rename(
+    path: Path,
+    tmp: Path,
+    write: Callable[[Path], None],
+    sync: Callable[[Path], None],
+    rename: Callable[[Path, Path], None],
+) -> None:
+    """``write(tmp)``, ``sync(tmp)``, ``rename(tmp, path)``; on any failure remove ``tmp``
+    and raise an error naming ``path``."""
     try:
         write(tmp)
         _maybe_inject_fault(path, tmp)
-        for folder, _, files in os.walk(tmp):
-            for name in files:
-                _fsync(Path(folder, name))
-            _fsync_dir(Path(folder))
-        os.rename(tmp, path)
+        sync(tmp)
+        rename(tmp, path)
     except BaseException as exc:
         error = _write_error(path, exc)
         _remove(tmp)
@@ -127,6 +123,13 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
             raise error from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder, name))
+        _fsync_dir(Path(folder))
 
 
 def temp_path(path: str | os.PathLike, pid: int | None = None) -> Path:
