@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
         (ROOT / "docs" / "realism.md").write_text(R.markdown_report(result) + (
             "\n![real vs phantom and where the classifiers look](images/realism.png)\n\n"
             "Regenerate with `python benchmarks/realism.py --docs`. Caveat: phantom v2 was tuned "
-            "on these same real scans, with this test as the tuning objective (20 looks), so "
-            "these AUCs are optimistic; see docs/phantom.md.\n"))
+            "on these same real scans, with this test as the tuning objective (20 looks; v3: "
+            "22), so these AUCs are optimistic; see docs/phantom.md.\n"))
         figure(real, first, ROOT / "docs" / "images" / "realism.png", args.seed)
     print(f"report: {args.out / 'realism.md'} ({result['seconds']} s)")
     print(R.headline(result))

@@ -8,6 +8,7 @@ import logging
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from oct_vae import registry
 from oct_vae.registry import Candidate, choose_champion
@@ -139,3 +140,66 @@ def test_promote_moves_the_alias_and_says_so(client, caplog):
     assert (again.version, again.changed) == (v2, False)
     alias = client.get_model_version_by_alias(registry.MODEL_NAME, registry.ALIAS)
     assert int(alias.version) == v2
+
+
+class _RacingClient:
+    """A real registry client; on its first alias move, another run acts first."""
+
+    def __init__(self, client, other):
+        self._client, self._other, self.moves = client, other, []
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.moves.append(int(version))
+        if self._other is not None:
+            other, self._other = self._other, None
+            if other(self._client):  # the other run's write won and ours was refused
+                raise MlflowException("duplicate key value violates unique constraint "
+                                      '"registered_model_alias_pk"')
+        self._client.set_registered_model_alias(name, alias, version)
+
+
+def test_promote_redecides_after_losing_a_race_for_the_alias(client):
+    v1, v2 = _add_version(client, 0.90), _add_version(client, 0.80)
+
+    def other_run_sets_v2(real):  # a concurrent first run that knew only its own version
+        real.set_registered_model_alias(registry.MODEL_NAME, registry.ALIAS, str(v2))
+        return True
+
+    racing = _RacingClient(client, other_run_sets_v2)
+    decision = registry.promote(racing, "base")
+    assert racing.moves == [v1, v1]  # refused once, decided again from v2, moved
+    assert (decision.version, decision.previous, decision.changed) == (v1, v2, True)
+    assert registry.current_champion(client) == v1
+
+
+def test_promote_repairs_an_alias_written_from_a_stale_read(client):
+    v1 = _add_version(client, 0.80)
+    v2 = int(client.create_model_version(registry.MODEL_NAME, "file:///x").version)
+
+    def other_run_finishes_better(real):  # v2 is evaluated and made champion meanwhile
+        tags = registry.version_tags(kedro_run_id="r2", env="base", flag_score="reconstruction",
+                                     auc_metric="auc_reconstruction_all", auc=0.95,
+                                     test_split=SPLIT_A)
+        registry.tag_versions(real, [v2], tags)
+        real.set_registered_model_alias(registry.MODEL_NAME, registry.ALIAS, str(v2))
+        return False  # then our write, from a read that saw only v1, overwrites it
+
+    racing = _RacingClient(client, other_run_finishes_better)
+    decision = registry.promote(racing, "base")
+    assert racing.moves == [v1, v2]
+    assert decision.version == v2 and registry.current_champion(client) == v2
+
+
+def test_promote_gives_up_with_a_clear_error_when_the_alias_never_settles(client):
+    _add_version(client, 0.80)
+
+    class Refusing(_RacingClient):
+        def set_registered_model_alias(self, name, alias, version):
+            raise MlflowException("database is locked")
+
+    with pytest.raises(RuntimeError, match="did not settle after 3 attempts.*--pipeline promote"):
+        registry.promote(Refusing(client, None), "base", attempts=3)
+    assert registry.current_champion(client) is None

@@ -4,8 +4,9 @@ A fresh clone has no real data (it is a manual download), so the pipeline runs o
 layered retinas with a foveal pit on a curved, tilted band, a textured choroid, speckle, vessel
 shadows and the white registration wedges of real Spectralis exports, written as
 ``<root>/{train,test}/<CLASS>/<CLASS>-<patient>-<n>.jpeg`` (8-bit grayscale JPEG at the real
-files' quality 75; 512x496, 768x496 or wide-field 1536x496). Version 2 (``FORMAT_VERSION``)
-was fitted to summary statistics of 59 real scans (docs/phantom.md, docs/realism.md).
+files' quality 75; 512x496, 768x496 or wide-field 1536x496). Versions 2 and 3
+(``FORMAT_VERSION``) were fitted to summary statistics of 59 real scans (docs/phantom.md,
+docs/realism.md).
 Diseases (CNV, DME, DRUSEN) are local lesions whose size and contrast scale with ``severity``;
 anatomy, gain and artefacts vary more between patients than lesions change global statistics,
 so disease is visible in local structure only, as on real scans.
@@ -34,13 +35,21 @@ import numpy as np
 from oct_vae.fileio import atomic_write, sweep_stale_temp_files
 from oct_vae.kermany import CLASSES
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 META_NAME = "phantom.json"
 _PARTIAL_NAME = ".phantom-partial.json"
 REF_HEIGHT = 496  # all vertical sizes below are pixels at this height
 # The layered scene is rendered at width // 4 columns, at most 128 (the model's input width),
 # and upsampled laterally; noise is added at full resolution.
 _DS, _MAX_COLS = 4, 128
+# Version 3, fitted to the real scans' dark grey levels (not to the classifier test): wide
+# (768 and 1536 px) real exports are darker than 512-wide ones (at full size 26 % of their
+# pixels are below 10 and their 5th percentile is 0.3; 512 wide: 11 % and 4.3). The additive
+# noise floor (std, grey levels before gain) and a lower black level for wide scans give
+# 13 % / 4.6 (512) and 20 % / 2.0 (wide), and the real scans' histogram of dark levels at
+# the model's 128x128 (version 2: floor 4, no wide black level).
+_NOISE_FLOOR = 5.0
+_WIDE_BLACK_LEVEL = 2.5
 
 # Retina from the inner limiting membrane (ILM) down to Bruch's membrane, top to bottom:
 # name, thickness (px), reflectivity (display units before gain), foveal thinning (share of
@@ -494,9 +503,11 @@ def _workspace(width: int, height: int) -> dict[str, np.ndarray]:
 def _noise_t(rng: np.random.Generator, ws: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
     """Integer speckle field, transposed (width, height), with the grain of Spectralis scans.
 
-    Uniform bytes filtered with [1, 2, 1] along depth and, for 512-wide scans, [1, 1] across
-    A-scans (lag-1 correlations 0.67 and 0.5, as measured on real scans; 768-wide scans are
-    sampled more coarsely); returns the zero-mean field and its standard deviation.
+    Uniform bytes filtered with [1, 2, 1] along depth and [1, 1] across A-scans (lag-1
+    correlations 0.67 and 0.5 of the noise itself). Measured on the real scans after a 7x7
+    high-pass in tissue, the lateral lag-1 correlation is 0.71 at 512, 0.61 at 768 and 0.50 at
+    1536 px wide; version 2 left wide scans laterally white (0.14), version 3 filters every width.
+    Returns the zero-mean field and its standard deviation.
     """
     width, height = ws["z"].shape
     var_u = (256**2 - 1) / 12.0
@@ -505,9 +516,6 @@ def _noise_t(rng: np.random.Generator, ws: dict[str, np.ndarray]) -> tuple[np.nd
     np.add(u[:, :-2], u[:, 2:], out=zv, dtype=np.int16)
     np.add(zv, u[:, 1:-1], out=zv, dtype=np.int16)
     np.add(zv, u[:, 1:-1], out=zv, dtype=np.int16)
-    if width > 600:
-        np.subtract(zv[:-1], 510, out=z)
-        return z, float(np.sqrt(6.0 * var_u))
     np.add(zv[:-1], zv[1:], out=z)
     z -= 1020
     return z, float(np.sqrt(12.0 * var_u))
@@ -580,7 +588,7 @@ def render_bscan(label: str, anatomy: Anatomy, rng: np.random.Generator, width: 
     np.take(sigma, _nearest_index(width, wl), axis=0, out=g)
     g *= z
     img *= gain
-    img += 0.5
+    img += 0.5 - (_WIDE_BLACK_LEVEL if width > 600 else 0.0)
     np.take(img, i0, axis=0, out=f)
     g += f
     np.take(np.diff(img, axis=0), i0, axis=0, out=k)  # i1 == i0 + 1
@@ -610,7 +618,7 @@ def _vitreous_and_sigma(img: np.ndarray, sc: _Scene, anatomy: Anatomy, g_tex: np
     # noise: tissue speckle ~5 % of the signal plus a strong floor noise in the vitreous
     sigma = vit.copy()
     sigma *= 0.27 * anatomy.vitreous
-    sigma += 4.0
+    sigma += _NOISE_FLOOR
     sigma += 0.05 * img
     if g_art.random() < 0.12:  # posterior hyaloid membrane floating in the vitreous
         a, b = g_art.uniform(15, 70) * sc.hs, g_art.uniform(-200, 200) * sc.hs

@@ -210,19 +210,44 @@ def list_candidates(client: Any, name: str = MODEL_NAME) -> list[Candidate]:
     return [Candidate.from_tags(v.version, v.tags or {}) for v in versions]
 
 
-def promote(client: Any, env: str | None, name: str = MODEL_NAME) -> Decision:
+def promote(client: Any, env: str | None, name: str = MODEL_NAME, attempts: int = 5) -> Decision:
     """Apply :func:`choose_champion` to the registered model and move the alias.
+
+    Safe when several runs promote at once (two first runs of a team both find no champion):
+    after every move of the alias the state is read again and the rule applied again, until
+    it leaves the alias where it is. A write that loses a race (the server refuses a second
+    creation of the alias) or is overwritten by a run that read an older state is redone,
+    so the alias ends on the rule's choice over every version tagged by then.
 
     Args:
         client: An ``mlflow.MlflowClient`` of the tracking/registry store.
         env: The Kedro environment whose versions compete (``None``: ``base``).
+        attempts: Moves of the alias tried before giving up with the last error.
     """
-    current = current_champion(client, name)
-    decision = choose_champion(list_candidates(client, name), current, env or DEFAULT_ENV)
-    if decision.changed and decision.version is not None:
-        client.set_registered_model_alias(name, ALIAS, str(decision.version))
-    log.info("%s: %s", name, decision.message)
-    return decision
+    from mlflow.exceptions import MlflowException
+
+    applied: Decision | None = None
+    error: MlflowException | None = None
+    for _ in range(attempts):
+        current = current_champion(client, name)
+        decision = choose_champion(list_candidates(client, name), current, env or DEFAULT_ENV)
+        if not decision.changed or decision.version is None:
+            if applied is not None and applied.version == decision.version:
+                decision = applied  # what this call did, confirmed by reading it back
+            log.info("%s: %s", name, decision.message)
+            return decision
+        try:
+            client.set_registered_model_alias(name, ALIAS, str(decision.version))
+        except MlflowException as exc:  # e.g. a concurrent run created the alias first
+            log.info("%s: moving %s to version %s failed (%s); reading the registry again",
+                     name, ALIAS, decision.version, str(exc).splitlines()[0][:200])
+            error = exc
+            continue
+        applied = decision
+    raise RuntimeError(
+        f"{name}: the {ALIAS} alias did not settle after {attempts} attempts (other runs "
+        "promoting at the same time?); run `kedro run --pipeline promote` again"
+    ) from error
 
 
 def versions_of_run(client: Any, run_id: str, name: str = MODEL_NAME) -> list[int]:

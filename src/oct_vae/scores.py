@@ -59,8 +59,8 @@ class ScoreConfig:
         gaussian_sigma: Pixel standard deviation of the Gaussian likelihood.
         top_k_percent: k of the top-k residual score.
         residual_sigma: Gaussian filter width (pixels) of the filtered residual score.
-        filtered_top_k_percent: k of the filtered residual score (its own: a smoothed map
-            concentrates a lesion in fewer pixels than the raw one).
+        filtered_top_k_percent: k of the filtered residual score, chosen apart from
+            ``top_k_percent`` (the project's value is in conf/base/parameters_evaluate.yml).
         seed: Seeds the posterior samples, so scores are reproducible.
     """
 

@@ -29,7 +29,10 @@ KEDRO = [sys.executable, "-m", "kedro"]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: a run that hangs is sent SIGABRT (``_wait_exit``), which dumps
+    # every thread's stack into its log.
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONFAULTHANDLER": "1"}
     env.pop("OCT_VAE_FAIL_WRITE", None)
     return {**env, **extra}
 
@@ -43,6 +46,16 @@ def _kedro(project: Path, *args: str, log: Path, **env: str) -> subprocess.Popen
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def _wait_exit(proc: subprocess.Popen, log: Path, timeout: float) -> int:
+    """The exit code of ``proc``; if it hangs, its threads' stacks and log tail in the failure."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        pytest.fail(f"kedro did not exit within {timeout} s:\n{log.read_text()[-6000:]}")
 
 
 def _client(project: Path) -> MlflowClient:
@@ -148,7 +161,7 @@ def test_interrupted_runs_end_killed_never_running(tiny_project, tmp_path):
         proc = _kedro(project, *long_train, log=log)
         _wait_for_training(proc, log, project)
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) != 0, log.read_text()[-3000:]
+        assert _wait_exit(proc, log, 60) != 0, log.read_text()[-3000:]
         assert "ending it as KILLED" in log.read_text(), log.read_text()[-3000:]
         assert not _runs(project, "RUNNING"), sig.name
     assert len(_runs(project, "KILLED")) == 2

@@ -19,9 +19,16 @@ from pathlib import Path
 import pytest
 import requests
 
+import yaml
+
 from oct_vae import registry
+from oct_vae.evaluation import metric_key
 from tests.e2e.conftest import wait_for_http
 from tests.helpers.project import ROOT, copy_project, free_port, stop_process_group
+
+# The metric a version's auc_all tag copies: the All AUC of the score that flags scans.
+FLAG_METRIC = metric_key("auc", yaml.safe_load(
+    (ROOT / "conf/base/parameters_score.yml").read_text())["score"]["flag_score"], "All")
 
 KEDRO = [sys.executable, "-m", "kedro"]
 EXPERIMENT = "oct-vae"
@@ -238,7 +245,7 @@ def test_team_runs_register_versions_and_a_champion_on_the_server(
     for version in versions:
         tags = {t["key"]: t["value"] for t in version.get("tags", [])}
         assert tags[registry.TAG_ENV] == "tiny_team"
-        assert tags[registry.TAG_METRIC] == "auc_reconstruction_all"
+        assert tags[registry.TAG_METRIC] == FLAG_METRIC
         assert 0.0 <= float(tags[registry.TAG_AUC]) <= 1.0
         assert tags[registry.TAG_DATA]
         splits.add(tags[registry.TAG_SPLIT])
@@ -292,8 +299,8 @@ def test_after_a_default_run_the_champion_resolves_and_scores_a_scan(tiny_projec
     client = mlflow.MlflowClient(tiny_project.tracking_uri, tiny_project.tracking_uri)
     champion = client.get_model_version_by_alias(registry.MODEL_NAME, registry.ALIAS)
     assert champion.tags[registry.TAG_ENV] == "tiny"
-    assert champion.tags[registry.TAG_METRIC] == "auc_reconstruction_all"
+    assert champion.tags[registry.TAG_METRIC] == FLAG_METRIC
     run = client.get_run(champion.run_id)
-    assert float(champion.tags[registry.TAG_AUC]) == run.data.metrics["auc_reconstruction_all"]
+    assert float(champion.tags[registry.TAG_AUC]) == run.data.metrics[FLAG_METRIC]
     assert champion.tags[registry.TAG_RUN] == run.data.tags["run_id"]
     _assert_champion_scores_a_scan(tiny_project.tracking_uri, tiny_project.path, tmp_path)
