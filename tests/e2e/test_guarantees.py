@@ -37,6 +37,17 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _default_signals() -> None:
+    """In the child, before exec: Ctrl-C and SIGTERM do what they do in a terminal.
+
+    An ignored signal stays ignored across exec, and a shell that starts a command in the
+    background (``make test &``, a CI step without job control) ignores SIGINT: kedro then
+    never sees the test's Ctrl-C and trains on (seen as a hang in such runs).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _kedro(project: Path, *args: str, log: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [*KEDRO, "run", "--env", "tiny", *args],
@@ -45,6 +56,7 @@ def _kedro(project: Path, *args: str, log: Path, **env: str) -> subprocess.Popen
         stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_default_signals,  # noqa: PLW1509 - no threads started by this test
     )
 
 
