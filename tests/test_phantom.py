@@ -115,9 +115,22 @@ def test_reuse_does_not_rewrite(tiny: tuple[Path, dict]) -> None:
 
 def test_config_mismatch_is_a_clear_error(tiny: tuple[Path, dict]) -> None:
     root, _ = tiny
-    with pytest.raises(ValueError, match=r"(?s)different configuration.*Delete the folder") as e:
+    with pytest.raises(ValueError, match=r"(?s)another phantom.*Delete the folder") as e:
         generate_phantom(root, replace(TINY, severity=2.0))
-    assert "severity" in str(e.value)
+    assert "severity" in str(e.value) and "format" not in str(e.value)
+
+
+def test_a_phantom_of_an_older_format_is_refused_naming_both_formats(
+        tiny: tuple[Path, dict]) -> None:
+    root, _ = tiny
+    original = (root / ph.META_NAME).read_text()
+    (root / ph.META_NAME).write_text(json.dumps({**json.loads(original), "format_version": 2}))
+    try:
+        with pytest.raises(ValueError, match=rf"phantom format 2, this code writes format "
+                           rf"{ph.FORMAT_VERSION}\). Delete the folder"):
+            generate_phantom(root, TINY)
+    finally:
+        (root / ph.META_NAME).write_text(original)  # the module's phantom, as it was
 
 
 def test_interrupted_generation_is_completed(tmp_path: Path) -> None:
@@ -148,7 +161,7 @@ def test_interrupted_generation_is_completed(tmp_path: Path) -> None:
     (root / ph.META_NAME).unlink()
     (root / ph._PARTIAL_NAME).write_text(json.dumps(
         {"config": {**ph._config_dict(cfg), "seed": 6}, "format_version": ph.FORMAT_VERSION}))
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"configuration stored vs requested: \{'seed': \(6, 5\)"):
         generate_phantom(root, cfg)
 
 

@@ -748,12 +748,20 @@ def _has_images(root: Path) -> bool:
 
 
 def _mismatch(root: Path, stored: dict, config: PhantomConfig) -> ValueError:
+    """The error for a folder that holds another phantom (``stored``: its metadata)."""
     want = _config_dict(config)
-    diff = {k: (stored.get(k), v) for k, v in want.items() if stored.get(k) != v}
+    old = stored.get("config", {})
+    diff = {k: (old.get(k), v) for k, v in want.items() if old.get(k) != v}
+    version = stored.get("format_version")
+    what = []
+    if version != FORMAT_VERSION:
+        what.append(f"phantom format {version}, this code writes format {FORMAT_VERSION}")
+    if diff:
+        what.append(f"configuration stored vs requested: {diff}")
     return ValueError(
-        f"{root} holds a phantom generated with a different configuration "
-        f"(stored vs requested: {diff}). Delete the folder to regenerate it, or restore the "
-        f"stored phantom configuration; two phantoms are never mixed in one folder.")
+        f"{root} holds another phantom ({'; '.join(what)}). Delete the folder to regenerate "
+        "it, or restore the stored phantom configuration; two phantoms are never mixed in one "
+        "folder.")
 
 
 def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomConfig(),
@@ -782,14 +790,14 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("config") != want or meta.get("format_version") != FORMAT_VERSION:
-            raise _mismatch(root, meta.get("config", {}), config)
+            raise _mismatch(root, meta, config)
         if all((root / _rel_path(p, n)).exists() for p, n in files):
             return {**meta["summary"], "reused": True}
         resume = True
     elif partial_path.exists():
         meta = json.loads(partial_path.read_text())
         if meta.get("config") != want or meta.get("format_version") != FORMAT_VERSION:
-            raise _mismatch(root, meta.get("config", {}), config)
+            raise _mismatch(root, meta, config)
         resume = True  # an interrupted run with this configuration: complete it
     elif root.exists() and _has_images(root):
         raise ValueError(f"{root} already holds images but no {META_NAME}: it is not a phantom "
