@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 import yaml
 
 from oct_vae import registry
