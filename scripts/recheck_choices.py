@@ -123,7 +123,6 @@ def real_check(models: dict[str, dict[int, Path]], real_folders: list[Path],
     import torch
 
     from oct_vae.detector import AnomalyDetector
-    from oct_vae.scores import filtered_residual, reconstruct
 
     real = B.load_real(real_folders)
     images, labels = np.stack(real.small), np.array(real.labels)
@@ -138,11 +137,8 @@ def real_check(models: dict[str, dict[int, Path]], real_folders: list[Path],
             used = (det.score_config.residual_sigma, det.score_config.filtered_top_k_percent)
             vectors.update({f"{name}|{seed}|{n}": np.asarray(v) for n, v in scores.items()})
             tables.append(auc_table(scores, labels))
-            recon, _ = reconstruct(det.model, images, det.score_config, det.device)
-            x = images.astype(np.float64) / 255.0
-            grids.append({(s, k): auc_table({"f": filtered_residual(x, recon.astype(np.float64),
-                                                                   s, k)}, labels)["f"]["All"]
-                          for s in S.SIGMAS if s > 0 for k in S.K_PERCENTS})
+            grids.append({(r["sigma"], r["k_percent"]): r["All"]
+                          for r in S.grid_search(ckpt, images, labels) if r["sigma"] > 0})
         out[name] = {
             "scores": {n: {c: _mean([t[n][c] for t in tables]) for c in tables[0][n]}
                        for n in tables[0]},
@@ -297,12 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if S.BASE_PHANTOM_SEED in args.seeds:
         parser.error(f"seed {S.BASE_PHANTOM_SEED} is the reported phantom: choose another one")
-    import yaml
-
     from oct_vae.phantom import FORMAT_VERSION
+    from tests.helpers.project import base_flag_score
 
-    flag_score = yaml.safe_load((ROOT / "conf/base/parameters_score.yml").read_text())[
-        "score"]["flag_score"]
+    flag_score = base_flag_score()
     names = args.only or list(CANDIDATES)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="oct-vae-recheck-"))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-import yaml
 from kedro.pipeline import Pipeline
 from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 from mlflow.tracking import MlflowClient
@@ -28,7 +27,12 @@ from oct_vae.hooks import MissingInputsError
 from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from tests.conftest import KERMANY_SAMPLE
 from tests.e2e.conftest import run_session, wait_for_http
-from tests.helpers.project import ROOT, copy_project, free_port, stop_process_group
+from tests.helpers.project import (
+    base_flag_score,
+    copy_project,
+    free_port,
+    stop_process_group,
+)
 
 MODEL_NAME = "oct_vae_scorer"
 # Every score that evaluation reports, served and tabled with its percentile.
@@ -229,8 +233,7 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(
         for name in SCORES:
             assert rows[0][name] == pytest.approx(good[name], rel=1e-6)
             assert 0 <= rows[0][f"{name}_percentile"] <= 100
-        flag = yaml.safe_load((ROOT / "conf/base/parameters_score.yml").read_text())["score"][
-            "flag_score"]  # the tiny environment flags with the base setting
+        flag = base_flag_score()  # the tiny environment flags with the base setting
         assert rows[0]["flag_score"] == flag
         assert rows[0]["anomalous"] == (rows[0][flag] > rows[0]["threshold"])
         assert rows[1]["error"].startswith("malformed base64") and rows[1]["vae"] is None

@@ -18,16 +18,20 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from oct_vae import registry
 from oct_vae.evaluation import metric_key
 from tests.e2e.conftest import wait_for_http
-from tests.helpers.project import ROOT, copy_project, free_port, stop_process_group
+from tests.helpers.project import (
+    ROOT,
+    base_flag_score,
+    copy_project,
+    free_port,
+    stop_process_group,
+)
 
 # The metric a version's auc_all tag copies: the All AUC of the score that flags scans.
-FLAG_METRIC = metric_key("auc", yaml.safe_load(
-    (ROOT / "conf/base/parameters_score.yml").read_text())["score"]["flag_score"], "All")
+FLAG_METRIC = metric_key("auc", base_flag_score(), "All")
 
 KEDRO = [sys.executable, "-m", "kedro"]
 EXPERIMENT = "oct-vae"

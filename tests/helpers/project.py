@@ -1,7 +1,8 @@
 """Helpers shared by the scripts and the end-to-end tests: scratch copies of the project,
 and local servers (kedro viz, the MLflow UI, a model server) started and stopped cleanly.
 
-Standard library and ``requests`` only; nothing here is part of the ``oct_vae`` package.
+Standard library, ``requests`` and PyYAML only; nothing here is part of the ``oct_vae``
+package.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]  # the project root
 
 class ServerError(RuntimeError):
     """A server exited, or did not answer in time; the message ends with its log."""
+
+
+def base_flag_score() -> str:
+    """``score.flag_score`` of conf/base, the score that flags scans in every environment
+    here (none overrides it)."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_score.yml").read_text())
+    return params["score"]["flag_score"]
 
 
 def copy_project(dest: Path) -> Path:
