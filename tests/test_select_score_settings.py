@@ -6,16 +6,18 @@ from pathlib import Path
 import pytest
 from kedro.config import OmegaConfigLoader
 
+from oct_vae.settings import CONFIG_LOADER_ARGS
 from scripts.select_score_settings import BASE_PHANTOM_SEED, choose, main, make_dev_project
 
 
 def test_dev_project_draws_another_phantom_and_split(tmp_path: Path):
     project = make_dev_project(tmp_path / "dev", seed=7)
-    conf = OmegaConfigLoader(str(project / "conf"), base_env="base", default_run_env="local")
+    # the project's resolvers (${pins:}, ${project_root:}), as a Kedro session registers them
+    conf = OmegaConfigLoader(str(project / "conf"), **CONFIG_LOADER_ARGS)
     assert conf["catalog"]["raw_scans"]["phantom"]["seed"] == 7
     assert conf["catalog"]["raw_scans"]["path"] == "data/01_raw/phantom"  # inside the copy
     assert conf["parameters"]["seed"] == 7
-    base = OmegaConfigLoader(str(Path("conf")), base_env="base", default_run_env="base")
+    base = OmegaConfigLoader(str(Path("conf")), **{**CONFIG_LOADER_ARGS, "default_run_env": "base"})
     assert base["catalog"]["raw_scans"]["phantom"]["seed"] == BASE_PHANTOM_SEED
 
 
