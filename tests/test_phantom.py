@@ -316,3 +316,36 @@ def test_iter_files_lists_everything(tiny: tuple[Path, dict]) -> None:
     listed = list(ph.iter_files(root))
     assert len(listed) == summary["n_files"] and all(p.suffix == ".jpeg" for p in listed)
     assert os.path.commonpath([str(p) for p in listed]) == str(root)
+
+
+def test_tone_curve_lut_is_the_monotone_interpolation_of_its_knots() -> None:
+    identity = ph.tone_lut(((0, 0), (255, 255)))
+    assert np.array_equal(identity, np.arange(256, dtype=np.uint8))
+    lut = ph.tone_lut(((0, 0), (100, 120), (255, 255)))
+    assert lut[50] == 60 and lut[100] == 120 and lut[255] == 255
+    assert np.all(np.diff(lut.astype(int)) >= 0)
+    assert np.all(np.diff(ph._TONE_LUT.astype(int)) >= 0) and ph._TONE_LUT[255] == 255
+    assert np.array_equal(ph._TONE_LUT[:49], np.arange(49))  # identity below 48
+    for bad in (((0, 0), (0, 10), (255, 255)), ((0, 0), (100, 50), (200, 40)), ((0, 0, 0),)):
+        with pytest.raises(ValueError, match="tone knots"):
+            ph.tone_lut(bad)
+
+
+@pytest.mark.parametrize(("width", "changes"), [(512, False), (768, True)])
+def test_wide_gain_spread_acts_on_wide_scans_only(monkeypatch: pytest.MonkeyPatch, width: int,
+                                                  changes: bool) -> None:
+    anatomy = sample_anatomy(np.random.default_rng(4))
+    before = render_bscan("NORMAL", anatomy, np.random.default_rng(9), width)
+    monkeypatch.setattr(ph, "_WIDE_GAIN_SD", ph._WIDE_GAIN_SD + 0.5)
+    after = render_bscan("NORMAL", anatomy, np.random.default_rng(9), width)
+    assert (not np.array_equal(before, after)) is changes
+
+
+def test_the_display_tone_curve_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    anatomy = sample_anatomy(np.random.default_rng(4))
+    curved, lut = render_bscan("NORMAL", anatomy, np.random.default_rng(9), 512), ph._TONE_LUT
+    assert not np.array_equal(lut, np.arange(256))
+    monkeypatch.setattr(ph, "_TONE_LUT", ph.tone_lut(((0, 0), (255, 255))))
+    flat = render_bscan("NORMAL", anatomy, np.random.default_rng(9), 512)
+    wedge = (curved == 255) & (flat == 255)
+    assert np.array_equal(curved[~wedge], lut[flat[~wedge]])
