@@ -7,8 +7,10 @@ as the check. Real scans are only read, never copied into the phantom.
 
 Steps, in order (each uses the values fitted before it):
 
-1. ``_NARROW_LIFT``: L1 distance between the pooled 128x128 grey-level histograms (8-level
-   bins) of 512-wide real and phantom scans.
+1. ``_NARROW_NOISE_FLOOR`` and ``_NARROW_LIFT`` (512-wide scans): for each noise floor the
+   lift with the lowest L1 distance between the pooled 128x128 grey-level histograms (8-level
+   bins) of 512-wide real and phantom scans; then the floor whose full-size share of pixels
+   below 10 is closest to the real one (the lift alone fits 128x128 but empties the blacks).
 2. ``_WIDE_GAIN_SD``: coefficient of variation over wide (768/1536 px) scans of the grey-level
    standard deviation, phantom against real.
 3. ``_BRUCH_Y``: 5th, 50th and 95th percentiles over scans of the RPE row (median over columns
@@ -52,6 +54,11 @@ def hist_512(s: R.ScanSet) -> np.ndarray:
                     for sm, f in zip(s.small, s.full) if not _wide(f)], axis=0)
 
 
+def near_black_512(s: R.ScanSet) -> float:
+    """Mean share of full-size pixels below 10 in the 512-wide scans."""
+    return float(np.mean([np.mean(f < 10) for f in s.full if not _wide(f)]))
+
+
 def wide_contrast_cv(s: R.ScanSet) -> float:
     """Coefficient of variation over wide scans of the full-size grey-level std."""
     v = np.array([f.std() for f in s.full if _wide(f)])
@@ -86,7 +93,7 @@ def _grid(name: str, values, mismatch, real_value) -> float:  # noqa: ANN001
     return best[1]
 
 
-FITTED = ("_BRUCH_Y", "_NARROW_LIFT", "_WIDE_GAIN_SD", "_TONE_LUT")
+FITTED = ("_BRUCH_Y", "_NARROW_NOISE_FLOOR", "_NARROW_LIFT", "_WIDE_GAIN_SD", "_TONE_LUT")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,14 +117,26 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
         return [R.phantom_sample(counts, seed=s) for s in seeds]
 
     ph._TONE_LUT = ph.tone_lut(((0, 0), (255, 255)))
-    h_real = hist_512(real)
-    print("1. lift of 512-wide scans: L1 distance of the 128x128 histograms")
-
-    def lift_mismatch() -> tuple[float, str]:
-        d = np.mean([np.abs(hist_512(f) - h_real).sum() for f in fakes()])
-        return d, f"L1 {d:.3f}"
-
-    lift = _grid("_NARROW_LIFT", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], lift_mismatch, 0.0)
+    h_real, dark_real = hist_512(real), near_black_512(real)
+    print("1. noise floor and lift of 512-wide scans: for each floor the lift with the lowest L1\n"
+          "   distance of the 128x128 histograms; then the floor whose full-size share of\n"
+          f"   pixels < 10 is closest to the real {dark_real:.3f}")
+    best = None
+    for floor in (5.0, 6.0, 7.0, 8.0, 9.0):
+        ph._NARROW_NOISE_FLOOR = floor
+        by_lift = []
+        for lift in (1.0, 2.0, 3.0, 4.0, 5.0):
+            ph._NARROW_LIFT = lift
+            fs = fakes()
+            by_lift.append((np.mean([np.abs(hist_512(f) - h_real).sum() for f in fs]), lift,
+                            np.mean([near_black_512(f) for f in fs])))
+        l1, lift, dark = min(by_lift)
+        print(f"  floor {floor}: lift {lift} (L1 {l1:.3f}), share < 10: {dark:.3f}")
+        if best is None or abs(dark - dark_real) < abs(best[2] - dark_real):
+            best = (floor, lift, dark)
+    floor, lift = best[0], best[1]
+    ph._NARROW_NOISE_FLOOR, ph._NARROW_LIFT = floor, lift
+    print(f"  -> _NARROW_NOISE_FLOOR = {floor}, _NARROW_LIFT = {lift}", flush=True)
 
     print("2. extra log-gain spread of wide scans: CV of the grey-level std")
     cv_real = wide_contrast_cv(real)
@@ -158,8 +177,8 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
     print(f"  pooled percentiles {qs}: real {np.percentile(r, qs)}, phantom {np.percentile(f, qs)}")
 
     tone = tuple((int(a), int(b)) for a, b in zip(KNOTS_IN, current))
-    fitted = {"_BRUCH_Y": bruch, "_NARROW_LIFT": lift, "_WIDE_GAIN_SD": gain_sd,
-              "_TONE_KNOTS": tone}
+    fitted = {"_BRUCH_Y": bruch, "_NARROW_NOISE_FLOOR": floor, "_NARROW_LIFT": lift,
+              "_WIDE_GAIN_SD": gain_sd, "_TONE_KNOTS": tone}
     print("\n" + "\n".join(f"{k} = {v}" for k, v in fitted.items()))
     return fitted
 

@@ -186,9 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.docs:
         (ROOT / "docs" / "realism.md").write_text(R.markdown_report(result) + (
             "\n![real vs phantom and where the classifiers look](images/realism.png)\n\n"
-            "Regenerate with `python benchmarks/realism.py --docs`. Caveat: phantom v2 was tuned "
-            "on these same real scans, with this test as the tuning objective (20 looks; v3: "
-            "22), so these AUCs are optimistic; see docs/phantom.md.\n"))
+            "Regenerate with `python benchmarks/realism.py --docs`. Caveat: the phantom was "
+            "fitted to these same real scans: v2 with this test as the tuning objective (20 "
+            "looks), v3 and v4 on summary statistics only, with the test run after each fit "
+            "(31 looks in all), so these AUCs are optimistic; see "
+            "docs/phantom.md.\n"))
         figure(real, first, ROOT / "docs" / "images" / "realism.png", args.seed)
     print(f"report: {args.out / 'realism.md'} ({result['seconds']} s)")
     print(R.headline(result))

@@ -34,12 +34,12 @@ def _dev(recon: dict[str, float], structural: float = 0.70) -> dict:
 
 
 def test_a_candidate_replaces_the_base_only_by_the_margin():
-    small = _dev({"base": 0.70, "epochs_20": 0.70 + MARGIN / 2})
+    small = _dev({"base": 0.70, "epochs_40": 0.70 + MARGIN / 2})
     assert select(small, "reconstruction")["config"] == "base"
-    clear = _dev({"base": 0.70, "epochs_20": 0.70 + 2 * MARGIN})
+    clear = _dev({"base": 0.70, "epochs_40": 0.70 + 2 * MARGIN})
     choice = select(clear, "reconstruction")
-    assert choice["config"] == "epochs_20"
-    assert choice["reconstruction_all"]["epochs_20"] == pytest.approx(0.72)
+    assert choice["config"] == "epochs_40"
+    assert choice["reconstruction_all"]["epochs_40"] == pytest.approx(0.72)
 
 
 def test_the_flag_score_moves_only_by_the_margin_and_never_to_a_baseline():
