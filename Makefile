@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/kedro run
 
+# Two worker processes, a test file each at a time (module fixtures such as the team
+# server start once): most tests use one core, so on 2 cores the suite takes about 70 % of
+# the time of one process (benchmarks/RESULTS.md). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

@@ -219,3 +219,47 @@ def test_atomic_write_dir_appears_whole_or_not_at_all(
     with pytest.raises(OSError, match=r"cannot write .*figs2: No space left on device"):
         atomic_write_dir(tmp_path / "figs2", write)
     assert not (tmp_path / "figs2").exists() and temp_files(tmp_path) == []
+
+
+_HOLDER = """
+import sys
+from oct_vae.fileio import interprocess_lock
+with interprocess_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _try_lock(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return True
+
+
+@pytest.mark.parametrize("end", ["release", "kill"])
+def test_interprocess_lock_excludes_other_processes_until_released_or_dead(tmp_path, end):
+    path = tmp_path / "locks" / "setup.lock"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not _try_lock(path)  # held by the other process
+        if end == "release":
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+        else:
+            holder.kill()  # a holder that dies never leaves the lock held
+        holder.wait(timeout=30)
+        assert _try_lock(path)
+        with fileio.interprocess_lock(path):
+            assert not _try_lock(path)  # this process holds it now
+        assert _try_lock(path)
+    finally:
+        if holder.poll() is None:
+            holder.kill()

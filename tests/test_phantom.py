@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -349,3 +351,26 @@ def test_the_display_tone_curve_is_applied(monkeypatch: pytest.MonkeyPatch) -> N
     flat = render_bscan("NORMAL", anatomy, np.random.default_rng(9), 512)
     wedge = (curved == 255) & (flat == 255)
     assert np.array_equal(curved[~wedge], lut[flat[~wedge]])
+
+
+_GENERATE = """
+import json, sys
+from oct_vae.phantom import PhantomConfig, generate_phantom
+cfg = PhantomConfig(n_normal_patients=6, n_patients_per_disease=2, scans_per_patient=(1, 2),
+                    seed=3)
+print(json.dumps(generate_phantom(sys.argv[1], cfg)["reused"]))
+"""
+
+
+def test_two_processes_generating_one_folder_take_turns(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, "-c", _GENERATE, str(root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    # one wrote the phantom; the other waited and reused it (without the lock both write,
+    # or one refuses the other's half-written folder)
+    assert sorted(json.loads(out) for out, _ in outs) == [False, True]
+    meta = json.loads((root / ph.META_NAME).read_text())
+    assert meta["n_files"] == len(list(ph.iter_files(root)))

@@ -199,6 +199,29 @@ def check_writable(folder: str | os.PathLike, what: str = "files") -> None:
         ) from exc
 
 
+@contextlib.contextmanager
+def interprocess_lock(path: str | os.PathLike):  # noqa: ANN201 - a context manager
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
+
+    Processes on this machine that take the same lock run their blocks one at a time; the
+    lock dies with its holder, so a killed process never leaves it held. Where ``fcntl``
+    is missing (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host (``True`` when it cannot be told)."""
     if pid == os.getpid():

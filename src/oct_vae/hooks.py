@@ -327,6 +327,13 @@ def _redact_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def setup_lock_path(project_path: str | os.PathLike) -> Path:
+    """The lock file that serialises MLflow store setup for one project on this machine
+    (in the temporary folder: the project holds no runtime files)."""
+    key = hashlib.sha1(str(Path(project_path).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"oct-vae-mlflow-setup-{key}.lock"
+
+
 class PrivateMlflowHook(MlflowHook):
     """kedro-mlflow's hook, recording no absolute path and no OS user name by default.
 
@@ -343,7 +350,12 @@ class PrivateMlflowHook(MlflowHook):
         if not is_main_process():  # a torchrun rank other than 0 never opens the store
             self._is_mlflow_enabled, self.run_id = False, None
             return
-        super().after_context_created(context=context)
+        # kedro-mlflow opens the store here (a new SQLite store is created and migrated)
+        # and creates the experiment if it is missing. Two runs of one project that start
+        # together would both migrate the new database, or both create the experiment,
+        # and one would fail; runs on this machine therefore do this one at a time.
+        with fileio.interprocess_lock(setup_lock_path(context.project_path)):
+            super().after_context_created(context=context)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:

@@ -18,9 +18,11 @@ order or on the number of worker processes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oct_vae.fileio import atomic_write, sweep_stale_temp_files
+from oct_vae.fileio import atomic_write, interprocess_lock, sweep_stale_temp_files
 from oct_vae.kermany import CLASSES
 
 FORMAT_VERSION = 4
@@ -821,6 +823,15 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
         ValueError: ``root`` holds a phantom with another configuration, or other images.
     """
     root = Path(root)
+    # Processes that generate into the same folder (two runs of a fresh project started
+    # together) take turns: the second finds the first one's complete phantom and reuses it,
+    # instead of catching it between its last image and phantom.json.
+    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    with interprocess_lock(Path(tempfile.gettempdir()) / f"oct-vae-phantom-{key}.lock"):
+        return _generate_locked(root, config, workers)
+
+
+def _generate_locked(root: Path, config: PhantomConfig, workers: int) -> dict:
     meta_path, partial_path = root / META_NAME, root / _PARTIAL_NAME
     want = _config_dict(config)
     plan = _plan(config)

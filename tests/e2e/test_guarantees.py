@@ -92,8 +92,9 @@ def _project_with_data(tiny_project, dest: Path) -> Path:
 
 def test_two_concurrent_runs_each_score_with_their_own_model(tmp_path):
     project = copy_project(tmp_path / "p")
+    # Started together on a project that has no MLflow store yet: both would create and
+    # migrate mlflow.db at once without the setup lock (PrivateMlflowHook).
     a = _kedro(project, "--params", "train.lr=0.001,train.epochs=3", log=tmp_path / "a.log")
-    time.sleep(2)
     b = _kedro(project, "--params", "train.lr=0.003", log=tmp_path / "b.log")
     for proc, log in ((a, "a.log"), (b, "b.log")):
         assert proc.wait(timeout=400) == 0, (tmp_path / log).read_text()[-3000:]
