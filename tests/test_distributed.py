@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from oct_vae.distributed import train as train_vae
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.phantom import layered_scans
 from oct_vae.training import TrainConfig, Trainer
+from tests.helpers.project import free_port
 
 MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)
 # Tight enough to catch unsynchronised batch norm (differences ~1e-2 after two epochs) or
@@ -100,9 +100,10 @@ def _torchrun_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_torchrun_ranks_join_one_job_and_match_one_process(single, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # Not a port from the kernel's ephemeral range (bind to 0): until rank 0 binds it, any
+    # outgoing connection on the machine (another test's HTTP client) may take it as its
+    # local port, and the job's store cannot start.
+    port = free_port()
     mp.spawn(_torchrun_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
     w0, w1 = (torch.load(tmp_path / f"weights-{r}.pt", weights_only=True) for r in (0, 1))
     assert _max_diff(w0, w1) == 0  # every rank returns the same model

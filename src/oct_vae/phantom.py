@@ -18,11 +18,9 @@ order or on the number of worker processes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -824,10 +822,10 @@ def generate_phantom(root: str | os.PathLike, config: PhantomConfig = PhantomCon
     """
     root = Path(root)
     # Processes that generate into the same folder (two runs of a fresh project started
-    # together) take turns: the second finds the first one's complete phantom and reuses it,
-    # instead of catching it between its last image and phantom.json.
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    with interprocess_lock(Path(tempfile.gettempdir()) / f"oct-vae-phantom-{key}.lock"):
+    # together) take turns, on a lock file beside the folder: the second finds the first
+    # one's complete phantom and reuses it, instead of catching it between its last image
+    # and phantom.json, or writing the same files at the same time.
+    with interprocess_lock(root.parent / f".{root.name}.lock"):
         return _generate_locked(root, config, workers)
 
 

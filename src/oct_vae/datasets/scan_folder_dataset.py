@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,19 +61,8 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         Raises:
             DatasetError: No phantom is configured and the folder is missing or empty.
         """
-        if self._phantom is not None:
-            # Two runs started at once must not write the same phantom files: the second
-            # waits for the first, then reuses its phantom.
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            lock = self._path.parent / f".{self._path.name}.lock"
-            with open(lock, "a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    generate_phantom(
-                        self._path, self._phantom_config(), workers=resolve_workers(0)
-                    )
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+        if self._phantom is not None:  # runs started at once take turns (generate_phantom)
+            generate_phantom(self._path, self._phantom_config(), workers=resolve_workers(0))
         paths = list_files(self._path) if self._path.is_dir() else []
         if not paths:
             raise DatasetError(MISSING_DATASET.format(path=self._path.as_posix()))
