@@ -9,8 +9,8 @@ sigma, the network width and the number of epochs, the score that flags a scan
    patients, anatomy, lesions, splits and training seeds than the reported phantom, 2024) it
    makes a scratch copy of the project (``scripts/select_score_settings.make_dev_project``)
    and runs the default pipeline once per candidate configuration, one setting changed at a
-   time from the base configuration (``CANDIDATES``). The real-scan folder is pointed at an
-   empty folder there, so no real scan is read while choosing.
+   time from the base configuration (``candidates``, derived from conf/base). The real-scan
+   folder is pointed at an empty folder there, so no real scan is read while choosing.
 2. **Selection** (``select``), from the development test splits alone (mean over seeds):
    - training configuration: the highest ``All`` AUC of the reconstruction score (the
      paper's score, and what the likelihood shapes); a candidate replaces the base setting
@@ -52,18 +52,32 @@ import select_score_settings as S  # noqa: E402
 
 from oct_vae.scores import BASELINE_SCORES as BASELINES  # noqa: E402
 
-# One setting changed at a time from conf/base (gaussian, sigma 0.1, width 8, 20 epochs).
-# The first recheck (phantom format 3) started from 10 epochs and chose 20; the second
-# (format 4) starts from 20 and tries 10 and the paper's 40.
-CANDIDATES: dict[str, dict[str, object]] = {
-    "base": {},
-    "bernoulli": {"train.likelihood": "bernoulli"},
-    "gaussian_sigma_0.05": {"train.gaussian_sigma": 0.05},
-    "gaussian_sigma_0.2": {"train.gaussian_sigma": 0.2},
-    "width_16": {"train.width": 16},
-    "epochs_10": {"train.epochs": 10},
-    "epochs_40": {"train.epochs": 40},
-}
+
+def candidates(train: dict[str, object]) -> dict[str, dict[str, object]]:
+    """The base configuration and one-setting changes of it, derived from its ``train``
+    parameters, so that no candidate repeats the base whatever conf/base holds: the other
+    likelihood, half and double the Gaussian sigma, double the width, half and double the
+    epochs. (Round 1 started from 10 epochs and chose 20; round 2 from 20 and chose 40.)"""
+    other = "bernoulli" if train["likelihood"] == "gaussian" else "gaussian"
+    sigma, width, epochs = float(train["gaussian_sigma"]), int(train["width"]), int(train["epochs"])
+    return {
+        "base": {},
+        other: {"train.likelihood": other},
+        f"gaussian_sigma_{sigma / 2:g}": {"train.gaussian_sigma": sigma / 2},
+        f"gaussian_sigma_{sigma * 2:g}": {"train.gaussian_sigma": sigma * 2},
+        f"width_{width * 2}": {"train.width": width * 2},
+        f"epochs_{max(1, epochs // 2)}": {"train.epochs": max(1, epochs // 2)},
+        f"epochs_{epochs * 2}": {"train.epochs": epochs * 2},
+    }
+
+
+def _base_train() -> dict[str, object]:
+    import yaml
+
+    return yaml.safe_load((ROOT / "conf" / "base" / "parameters_train.yml").read_text())["train"]
+
+
+CANDIDATES: dict[str, dict[str, object]] = candidates(_base_train())
 MARGIN = 0.01
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scripts.recheck_choices import MARGIN, paired_differences, select, verdict
+from scripts.recheck_choices import MARGIN, candidates, paired_differences, select, verdict
 
 SCORES = ("reconstruction", "structural_residual", "latent_distance")
 
@@ -85,3 +85,22 @@ def test_paired_differences_see_a_clear_gap_and_not_a_tie():
     assert diff > 0.3 and low > 0
     diff, low, high = out["flag_score"]["structural_residual"]
     assert diff == pytest.approx(0.0) and low <= 0 <= high
+
+
+def test_candidates_change_one_setting_of_the_base_and_never_repeat_it():
+    base = {"likelihood": "gaussian", "gaussian_sigma": 0.1, "width": 8, "epochs": 20}
+    got = candidates(base)
+    # round 2 of docs/recheck.md started from this base and tried exactly these
+    assert got == {
+        "base": {}, "bernoulli": {"train.likelihood": "bernoulli"},
+        "gaussian_sigma_0.05": {"train.gaussian_sigma": 0.05},
+        "gaussian_sigma_0.2": {"train.gaussian_sigma": 0.2},
+        "width_16": {"train.width": 16},
+        "epochs_10": {"train.epochs": 10}, "epochs_40": {"train.epochs": 40},
+    }
+    now = candidates({**base, "epochs": 40})  # conf/base after round 2
+    assert now["epochs_20"] == {"train.epochs": 20} and now["epochs_80"] == {"train.epochs": 80}
+    for name, change in now.items():
+        assert len(change) == (0 if name == "base" else 1)
+        for key, value in change.items():
+            assert value != {**base, "epochs": 40}[key.removeprefix("train.")], name
