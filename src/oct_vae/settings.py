@@ -18,6 +18,7 @@ from oct_vae.hooks import (
 from oct_vae.parameter_hook import CheckParametersHook
 from oct_vae.registry_hook import ModelRegistryHook
 from oct_vae.requirements import pins
+from oct_vae.session_store import UniqueVersionSessionStore
 
 
 def project_root() -> str:
@@ -47,6 +48,10 @@ HOOKS = (
 # PrivateMlflowHook replaces kedro-mlflow's own hook (same behaviour, no absolute paths and
 # no OS user name recorded; see oct_vae.hooks). Pluggy lists the plugin under this name.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
+
+# Kedro's session id is the run's save version, to the millisecond: two runs that start in
+# the same millisecond would share it. This store gives each run of the project its own.
+SESSION_STORE_CLASS = UniqueVersionSessionStore
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
