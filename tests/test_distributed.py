@@ -90,7 +90,11 @@ def _torchrun_worker(rank: int, port: int, out: str) -> None:
     train, val = _data()
     result = train_vae(train, val, MODEL, _cfg(devices=1))  # the job's size wins
     torch.save(result.checkpoint["state_dict"], Path(out) / f"weights-{rank}.pt")
-    # The DDP gradient of one global batch equals the one-process gradient.
+
+
+def _grads_worker(rank: int, out: str) -> None:
+    """The first step's gradients of one rank of a two-process job."""
+    train, val = _data()
     dist.init_process_group("gloo", init_method=(Path(out) / "rdv").as_uri(), rank=rank,
                             world_size=2)
     trainer = Trainer(train[:16], val, MODEL, _cfg(), world=(rank, 2))
@@ -105,6 +109,11 @@ def test_torchrun_ranks_join_one_job_and_match_one_process(single, tmp_path):
     # local port, and the job's store cannot start.
     port = free_port()
     mp.spawn(_torchrun_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    # The DDP gradient of one global batch equals the one-process gradient. New processes,
+    # as under torchrun each process joins one group: a gloo process that joined a second
+    # group after leaving the first aborted at exit now and then ("terminate called
+    # without an active exception", torch 2.14), after all its work was done.
+    mp.spawn(_grads_worker, args=(str(tmp_path),), nprocs=2, join=True)
     w0, w1 = (torch.load(tmp_path / f"weights-{r}.pt", weights_only=True) for r in (0, 1))
     assert _max_diff(w0, w1) == 0  # every rank returns the same model
     assert _max_diff(single["result"].checkpoint["state_dict"], w0) < ATOL
