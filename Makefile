@@ -18,14 +18,11 @@ export DO_NOT_TRACK := 1
 install: $(STAMP)
 
 # Redone only when pyproject.toml changes. pip takes torch from this machine's disk
-# when the range allows it (see README). --no-compile: pip would byte-compile every module
-# of every package (torch alone has thousands); Python compiles the ones used on first
-# import instead, into the venv's __pycache__ folders.
+# when the range allows it (see README).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing oct-vae and its dependencies into $(VENV) ..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile \
-		-e ".[test]" 2>&1 \
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 \
 		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@touch $(STAMP)
 
