@@ -73,3 +73,14 @@ def test_two_sessions_started_in_one_millisecond_get_two_save_versions(tmp_path,
             ids.append(session.store["session_id"])
     assert ids[0] != ids[1]
     assert ids[1] > ids[0] >= STAMP
+
+
+def test_a_state_file_that_cannot_be_opened_leaves_kedros_id_with_a_warning(
+    tmp_path, monkeypatch, caplog
+):
+    blocked = tmp_path / "not-a-file"
+    blocked.mkdir()  # opening a folder as the state file fails with an OSError
+    monkeypatch.setattr("oct_vae.session_store.version_state_path", lambda key: blocked)
+    assert claim_version(tmp_path, STAMP) == STAMP
+    assert claim_version(tmp_path, STAMP) == STAMP
+    assert "is not checked against other runs" in caplog.text

@@ -14,12 +14,14 @@ millisecond. Ids stay in Kedro's format, so sorting them still sorts the runs by
 from the store, so both change together.
 
 The lock and the last id live in the temporary folder (the project holds no runtime
-files); runs on other machines that share one data folder are not covered.
+files), one file per OS user; runs on other machines that share one data folder are not
+covered. Where that file cannot be written the session keeps Kedro's id, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -30,6 +32,8 @@ from kedro.framework.session.store import BaseSessionStore
 from kedro.io.core import VERSION_FORMAT
 
 from oct_vae.fileio import interprocess_lock
+
+log = logging.getLogger(__name__)
 
 
 def _format(moment: datetime) -> str:
@@ -43,9 +47,11 @@ def _parse(version: str) -> datetime:
 
 
 def version_state_path(key: str | os.PathLike) -> Path:
-    """The lock file, also holding the last id issued, for the project that ``key`` names."""
+    """The lock file, also holding the last id issued, for the project that ``key`` names
+    (one per OS user: another user's file in a shared temporary folder is not writable)."""
     digest = hashlib.sha1(str(Path(key).resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"oct-vae-session-ids-{digest}.lock"
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"oct-vae-session-ids-{user}-{digest}.lock"
 
 
 def claim_version(key: str | os.PathLike, proposed: str) -> str:
@@ -53,18 +59,23 @@ def claim_version(key: str | os.PathLike, proposed: str) -> str:
     for ``key`` when ``proposed`` is not later. Processes take turns; never returns an id
     returned before for the same ``key`` on this machine."""
     state = version_state_path(key)
-    with interprocess_lock(state), open(state, "r+b") as handle:
-        last = handle.read().decode("ascii", "replace").strip()
-        chosen = proposed
-        try:
-            if last and _parse(proposed) <= _parse(last):
-                chosen = _format(_parse(last) + timedelta(milliseconds=1))
-        except ValueError:  # an unreadable state file: start again from this session's id
+    try:
+        with interprocess_lock(state), open(state, "r+b") as handle:
+            last = handle.read().decode("ascii", "replace").strip()
             chosen = proposed
-        handle.seek(0)
-        handle.truncate()
-        handle.write(chosen.encode("ascii"))
-        handle.flush()
+            try:
+                if last and _parse(proposed) <= _parse(last):
+                    chosen = _format(_parse(last) + timedelta(milliseconds=1))
+            except ValueError:  # an unreadable state file: start again from this id
+                chosen = proposed
+            handle.seek(0)
+            handle.truncate()
+            handle.write(chosen.encode("ascii"))
+            handle.flush()
+    except OSError as exc:  # e.g. a temporary folder this user cannot write
+        log.warning("run id %s is not checked against other runs (%s: %s)", proposed,
+                    state, exc.strerror or exc)
+        return proposed
     return chosen
 
 
