@@ -263,3 +263,17 @@ def test_interprocess_lock_excludes_other_processes_until_released_or_dead(tmp_p
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_machine_lock_paths_are_per_kind_project_and_user(tmp_path, monkeypatch):
+    import tempfile
+
+    from oct_vae.fileio import machine_lock_path
+
+    a = machine_lock_path("session-ids", tmp_path / "p")
+    monkeypatch.chdir(tmp_path)
+    assert machine_lock_path("session-ids", "p") == a  # the same project, however spelled
+    assert machine_lock_path("mlflow-setup", tmp_path / "p") != a
+    assert machine_lock_path("session-ids", tmp_path / "q") != a
+    assert a.parent == Path(tempfile.gettempdir())
+    assert f"-{os.getuid()}-" in a.name and a.name.startswith("oct-vae-session-ids-")

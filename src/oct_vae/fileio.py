@@ -199,6 +199,17 @@ def check_writable(folder: str | os.PathLike, what: str = "files") -> None:
         ) from exc
 
 
+def machine_lock_path(kind: str, key: str | os.PathLike) -> Path:
+    """A lock file in the temporary folder for ``kind`` (``mlflow-setup``, ``session-ids``)
+    and the folder ``key`` (a project): one per OS user, since another user's file in a
+    shared temporary folder is not writable. The project itself holds no runtime files."""
+    import tempfile
+
+    digest = hashlib.sha1(str(Path(key).resolve()).encode()).hexdigest()[:16]
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"oct-vae-{kind}-{user}-{digest}.lock"
+
+
 @contextlib.contextmanager
 def interprocess_lock(path: str | os.PathLike):  # noqa: ANN201 - a context manager
     """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.

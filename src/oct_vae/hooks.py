@@ -328,10 +328,8 @@ def _redact_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def setup_lock_path(project_path: str | os.PathLike) -> Path:
-    """The lock file that serialises MLflow store setup for one project on this machine
-    (in the temporary folder: the project holds no runtime files)."""
-    key = hashlib.sha1(str(Path(project_path).resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"oct-vae-mlflow-setup-{key}.lock"
+    """The lock file that serialises MLflow store setup for one project on this machine."""
+    return fileio.machine_lock_path("mlflow-setup", project_path)
 
 
 class PrivateMlflowHook(MlflowHook):

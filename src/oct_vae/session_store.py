@@ -20,10 +20,8 @@ covered. Where that file cannot be written the session keeps Kedro's id, with a 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from typing import Any
 from kedro.framework.session.store import BaseSessionStore
 from kedro.io.core import VERSION_FORMAT
 
-from oct_vae.fileio import interprocess_lock
+from oct_vae.fileio import interprocess_lock, machine_lock_path
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +45,8 @@ def _parse(version: str) -> datetime:
 
 
 def version_state_path(key: str | os.PathLike) -> Path:
-    """The lock file, also holding the last id issued, for the project that ``key`` names
-    (one per OS user: another user's file in a shared temporary folder is not writable)."""
-    digest = hashlib.sha1(str(Path(key).resolve()).encode()).hexdigest()[:16]
-    user = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"oct-vae-session-ids-{user}-{digest}.lock"
+    """The lock file, also holding the last id issued, for the project that ``key`` names."""
+    return machine_lock_path("session-ids", key)
 
 
 def claim_version(key: str | os.PathLike, proposed: str) -> str:
