@@ -45,6 +45,7 @@ import secrets
 import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,8 +204,6 @@ def machine_lock_path(kind: str, key: str | os.PathLike) -> Path:
     """A lock file in the temporary folder for ``kind`` (``mlflow-setup``, ``session-ids``)
     and the folder ``key`` (a project): one per OS user, since another user's file in a
     shared temporary folder is not writable. The project itself holds no runtime files."""
-    import tempfile
-
     digest = hashlib.sha1(str(Path(key).resolve()).encode()).hexdigest()[:16]
     user = os.getuid() if hasattr(os, "getuid") else "user"
     return Path(tempfile.gettempdir()) / f"oct-vae-{kind}-{user}-{digest}.lock"

@@ -20,6 +20,7 @@ covered. Where that file cannot be written the session keeps Kedro's id, with a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from datetime import datetime, timedelta, timezone
@@ -58,11 +59,9 @@ def claim_version(key: str | os.PathLike, proposed: str) -> str:
         with interprocess_lock(state), open(state, "r+b") as handle:
             last = handle.read().decode("ascii", "replace").strip()
             chosen = proposed
-            try:
-                if last and _parse(proposed) <= _parse(last):
-                    chosen = _format(_parse(last) + timedelta(milliseconds=1))
-            except ValueError:  # an unreadable state file: start again from this id
-                chosen = proposed
+            with contextlib.suppress(ValueError):  # unreadable state: start from this id
+                if last and _parse(proposed) <= (previous := _parse(last)):
+                    chosen = _format(previous + timedelta(milliseconds=1))
             handle.seek(0)
             handle.truncate()
             handle.write(chosen.encode("ascii"))
