@@ -212,17 +212,31 @@ def device_name(device: torch.device) -> str:
     return f"{device_label(device)} ({os.cpu_count()} cores, {threads} torch threads)"
 
 
-def _train_config(args: argparse.Namespace, batch_size: int, compile_: str) -> TrainConfig:
+def _train_config(
+    args: argparse.Namespace, batch_size: int, compile_: str, graph: str | None = None
+) -> TrainConfig:
+    graph = graph or ("auto" if args.cuda_graph == "both" else args.cuda_graph)
     return TrainConfig(
         epochs=10_000, batch_size=batch_size, lr=args.lr, device=args.device, amp=args.amp,
         compile=compile_, channels_last=args.channels_last, progress=False, seed=0,
+        cuda_graph=graph,
     )
 
 
-def _project_variants(args: argparse.Namespace) -> list[tuple[str, str]]:
-    if args.compile == "both":
-        return [("project_eager", "off"), ("project_compiled", "on")]
-    return [("project", args.compile)]
+def _project_variants(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(row name, compile, cuda_graph) of each project loop, the plainest first."""
+    compiles = [("eager", "off"), ("compiled", "on")] if args.compile == "both" else [
+        ("", args.compile)]
+    graphs = [("", "off"), ("graph", "on")] if args.cuda_graph == "both" else [
+        ("", args.cuda_graph)]
+    rows = []
+    for graph_name, graph in graphs:
+        for compile_name, compile_ in compiles:
+            if graph == "on" and compile_ == "on":
+                continue  # not combined by the product (oct_vae.training.graph_choice)
+            name = "_".join(p for p in ("project", compile_name, graph_name) if p)
+            rows.append((name, compile_, graph))
+    return rows
 
 
 def flag_rule_config(config: TrainConfig, device: torch.device) -> TrainConfig:
@@ -258,8 +272,8 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
         ]
     else:
         loops = []
-    for name, compile_ in _project_variants(args):
-        config = _train_config(args, args.batch_size, compile_)
+    for name, compile_, graph in _project_variants(args):
+        config = _train_config(args, args.batch_size, compile_, graph)
         if args.compare_flag_auto:
             rule = flag_rule_config(config, device)
             loops.append(ProjectLoop(images[:n], model_config, rule, device, f"{name}_flag_rule"))
@@ -278,10 +292,12 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
                 naive = results["naive"]
                 row["speedup_vs_naive"] = row["images_per_s"] / naive["images_per_s"]
                 row["cpu_speedup_vs_naive"] = row["images_per_cpu_s"] / naive["images_per_cpu_s"]
-    sweep_compile = "off" if args.compile == "both" else args.compile
+    # The sweep runs the last variant: graphed (eager) when both are given.
+    _, sweep_compile, sweep_graph = _project_variants(args)[-1]
     for b in sizes:
         m = max(n, 2 * b)
-        loop = ProjectLoop(images[:m], model_config, _train_config(args, b, sweep_compile), device)
+        config = _train_config(args, b, sweep_compile, sweep_graph)
+        loop = ProjectLoop(images[:m], model_config, config, device)
         try:
             row = measure([loop], device, max(2, args.rounds - 1), flops)["project"]
         except torch.cuda.OutOfMemoryError:
@@ -292,8 +308,16 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
             del loop
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        report["sweep"].append({"batch_size": b, "compile": sweep_compile, **row})
+        report["sweep"].append({"batch_size": b, "compile": sweep_compile,
+                                "cuda_graph": loop_graph(config, device), **row})
     return report
+
+
+def loop_graph(config: TrainConfig, device: torch.device) -> bool:
+    """Whether a one-process loop with ``config`` replays a CUDA graph."""
+    from oct_vae.training import graph_choice
+
+    return graph_choice(config.cuda_graph, config.compile, device, 1)
 
 
 def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -302,10 +326,12 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     n_train = args.fit_images
     n_val = max(1, round(n_train * 0.05))
     images = layered_scans(n_train + n_val, seed=2)
-    compile_ = "on" if args.compile == "both" else args.compile
+    # "both" means the product's own choice here: one fit, with the defaults.
+    compile_ = "auto" if args.compile == "both" else args.compile
+    graph = "auto" if args.cuda_graph == "both" else args.cuda_graph
     with tempfile.TemporaryDirectory(prefix="oct-vae-bench-") as tmp:
         config = replace(
-            _train_config(args, args.batch_size, compile_),
+            _train_config(args, args.batch_size, compile_, graph),
             epochs=args.fit_epochs, checkpoint_dir=tmp, progress=False,
             checkpoint_every=args.checkpoint_every,
         )
@@ -323,7 +349,9 @@ def run_fit(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "epochs": args.fit_epochs,
             "n_train": n_train,
             "n_val": n_val,
-            "compile": compile_,
+            "compile": result.checkpoint["metadata"]["fast_path"].get("compile"),
+            "cuda_graph": result.checkpoint["metadata"]["fast_path"].get("cuda_graph", False),
+            "batch_size": args.batch_size,
             "checkpoint_every": args.checkpoint_every,
             "wall_s": wall,
             "train_s": sum(h["seconds"] for h in history),
@@ -348,26 +376,29 @@ def run_quality(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         data = layered_scans(args.quality_images + n_val, seed=3)
         train, val = data[: args.quality_images], data[args.quality_images :]
     rows = []
-    for b in _parse_sizes(args.batch_sizes or "16,32,64,128"):
-        for amp in args.quality_amp.split(","):
-            lr = args.lr * (b / args.lr_reference_batch if args.lr_scaling == "linear" else 1.0)
-            config = replace(
-                _train_config(args, b, "off"), epochs=args.quality_epochs, amp=amp, lr=lr
-            )
-            t0 = time.perf_counter()
-            result = Trainer(train, val, model_config, config, device=device).fit()
-            row = {
-                "batch_size": b, "amp": result.checkpoint["metadata"]["amp"], "lr": lr,
-                "final_val_total": result.history[-1]["val_total"],
-                "best_val_total": min(h["val_total"] for h in result.history),
-                "seconds": time.perf_counter() - t0,
-            }
-            rows.append(row)
-            print(
-                f"  batch {b:4d} amp {row['amp']:4s} lr {lr:.1e}: final val "
-                f"{row['final_val_total']:.2f} (best {row['best_val_total']:.2f}), "
-                f"{row['seconds']:.0f} s", flush=True,
-            )
+    combos = [(b, amp, graph) for b in _parse_sizes(args.batch_sizes or "16,32,64,128")
+              for amp in args.quality_amp.split(",") for graph in args.quality_graph.split(",")]
+    for b, amp, graph in combos:
+        lr = args.lr * (b / args.lr_reference_batch if args.lr_scaling == "linear" else 1.0)
+        config = replace(
+            _train_config(args, b, "off", graph), epochs=args.quality_epochs, amp=amp, lr=lr
+        )
+        t0 = time.perf_counter()
+        result = Trainer(train, val, model_config, config, device=device).fit()
+        row = {
+            "batch_size": b, "amp": result.checkpoint["metadata"]["amp"], "lr": lr,
+            "cuda_graph": result.checkpoint["metadata"]["fast_path"].get("cuda_graph"),
+            "final_val_total": result.history[-1]["val_total"],
+            "best_val_total": min(h["val_total"] for h in result.history),
+            "seconds": time.perf_counter() - t0,
+        }
+        rows.append(row)
+        print(
+            f"  batch {b:4d} amp {row['amp']:4s} graph {row['cuda_graph']!s:5s} "
+            f"lr {lr:.1e}: final val "
+            f"{row['final_val_total']:.2f} (best {row['best_val_total']:.2f}), "
+            f"{row['seconds']:.0f} s", flush=True,
+        )
     return {
         "quality": {
             "data": args.data, "n_train": len(train), "n_val": len(val),
@@ -392,7 +423,10 @@ def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     steps, b = args.profile_steps, args.batch_size
     images = layered_scans(b * 2, seed=1)
     compile_ = "off" if args.compile == "both" else args.compile
-    loop = ProjectLoop(images, model_config, _train_config(args, b, compile_), device)
+    # A replayed CUDA graph hides its kernels from the operator table: profile without it
+    # unless --cuda-graph on is given.
+    graph = "on" if args.cuda_graph == "on" else "off"
+    loop = ProjectLoop(images, model_config, _train_config(args, b, compile_, graph), device)
     trainer = loop.trainer
     gen = torch.Generator().manual_seed(0)
     eps = torch.randn((b, model_config.latent_dim, 1, 1), generator=gen).to(device)
@@ -411,11 +445,11 @@ def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
+    on_device = device.type == "cuda"
+    with profile(activities=activities, record_shapes=on_device) as prof:
         for _ in range(steps):
             step()
         _sync(device)
-    on_device = device.type == "cuda"
 
     def self_us(event: Any) -> float:
         if on_device:
@@ -423,6 +457,9 @@ def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any
                                  getattr(event, "self_cuda_time_total", 0.0)))
         return float(event.self_cpu_time_total)
 
+    by_shape = [e for e in prof.key_averages(group_by_input_shape=True)
+                if e.key.startswith("aten::") and float(getattr(
+                    e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) or 0) > 0]
     events = [e for e in prof.key_averages() if self_us(e) > 0]
     total = sum(self_us(e) for e in events)
     events.sort(key=self_us, reverse=True)
@@ -441,6 +478,7 @@ def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         "step_ms": 1e3 * step_s, "images_per_s": b / step_s, "tflops": tflops,
         "peak_tflops": peak, "mfu_percent": 100.0 * tflops / peak if peak else None,
         "total_self_ms_per_step": total / 1e3 / steps, "top": rows,
+        "by_shape": _by_shape(by_shape, steps, args.profile_top) if on_device else [],
     }
     folder = Path(args.out).parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -448,6 +486,18 @@ def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     (folder / "profile.md").write_text(profile_markdown(profile_report))
     print(profile_markdown(profile_report), flush=True)
     return {"profile": profile_report}
+
+
+def _by_shape(events: list[Any], steps: int, top: int) -> list[dict[str, Any]]:
+    """Convolutions (and other aten ops) by input shape: which layer spends the time."""
+    def device_us(e: Any) -> float:
+        return float(getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)))
+
+    wanted = ("convolution_backward", "cudnn_convolution", "_convolution", "convolution")
+    rows = [e for e in events if any(e.key.endswith(w) for w in wanted)]
+    rows.sort(key=device_us, reverse=True)
+    return [{"op": e.key, "shapes": str(e.input_shapes)[:160], "calls": int(e.count),
+             "device_ms": device_us(e) / 1e3 / steps} for e in rows[:top]]
 
 
 def profile_markdown(r: dict[str, Any]) -> str:
@@ -464,6 +514,11 @@ def profile_markdown(r: dict[str, Any]) -> str:
     ]
     lines += [f"| `{row['op']}` | {row['calls']} | {row['self_ms']:.2f} | "
               f"{row['share_percent']:.1f}% |" for row in r["top"]]
+    if r.get("by_shape"):
+        lines += ["", "Convolutions by input shape (device time incl. children, ms per step):",
+                  "", "| op | input shapes | calls | ms / step |", "|---|---|---:|---:|"]
+        lines += [f"| `{row['op']}` | `{row['shapes']}` | {row['calls']} | "
+                  f"{row['device_ms']:.2f} |" for row in r["by_shape"]]
     return "\n".join(lines) + "\n"
 
 
@@ -515,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off", "both"),
                    help="project loop: torch.compile setting; both = one row each")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--cuda-graph", default="auto", choices=("auto", "on", "off", "both"),
+                   help="project loop: whole-step CUDA graph; both = one row each")
     p.add_argument("--skip-naive", action="store_true", help="time the project loop only")
     p.add_argument("--compare-flag-auto", action="store_true",
                    help="add a project loop with the pre-autotune flag rule for auto settings")
@@ -529,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-images", type=int, default=2048)
     p.add_argument("--quality-epochs", type=int, default=10)
     p.add_argument("--quality-amp", default="off,bf16")
+    p.add_argument("--quality-graph", default="auto",
+                   help="comma-separated cuda_graph settings of --quality, e.g. off,on")
     p.add_argument("--lr-scaling", default="none", choices=("none", "linear"))
     p.add_argument("--lr-reference-batch", type=int, default=64)
     p.add_argument("--profile", action="store_true",
@@ -590,6 +649,9 @@ def _print_table(report: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write its JSON; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    # Each loop is compiled for its own fixed batch, as in a training run (where only full
+    # batches reach the compiled step): no dynamic-shape recompilation across the sweep.
+    torch._dynamo.config.automatic_dynamic_shapes = False
     # Per-epoch lines of fit runs, and any torch.compile fallback warning, on stderr.
     level = logging.INFO if (args.fit_epochs or args.quality) else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")

@@ -19,10 +19,13 @@ How the choice is made:
 * bf16 is a candidate only where the device can run it natively (CUDA with bf16 support, a
   CPU reporting AVX512-BF16 or AMX): elsewhere oneDNN emulates it at several times the
   cost, and timing it would only lengthen the measurement;
-* ``compile: auto`` is not measured: on CUDA it is on (measured on an H100 and an H200:
-  +14-16% images/s for ~16-20 s of compilation, well repaid by a 40-epoch run), on the CPU
-  it is off (measured on a 2-core EPYC: +12% after 50-100 s of compilation, more than
-  a short phantom run gains; see benchmarks/RESULTS.md);
+* ``compile: auto`` is not measured: on CUDA it is on where the step is not replayed as a
+  CUDA graph (``train.cuda_graph``, one process), i.e. with several processes (measured on
+  an H100 and an H200: +14-16% images/s for ~16-20 s of compilation); with the CUDA graph
+  it is off (H200, 2026-12-04: the graphed eager step beats the compiled one at batch 64,
+  13,563 against 9,489 images/s, and is level at batch 256, without the compilation); on
+  the CPU it is off (measured on a 2-core EPYC: +12% after 50-100 s of compilation, more
+  than a short phantom run gains; see benchmarks/RESULTS.md);
 * explicit values (``on``/``off``/``bf16``) are honoured and never measured; with a
   single candidate left nothing is measured.
 
@@ -90,6 +93,8 @@ class FastPath:
         amp: bf16 autocast on.
         channels_last: channels-last memory on.
         compile: ``torch.compile`` on.
+        cuda_graph: the training step is captured as a CUDA graph (by rule, like
+            ``compile``; set by ``Trainer``).
         source: ``explicit`` (nothing to decide), ``measured``, ``cache``, ``checkpoint``
             (a resumed run keeps its choice) or ``rule`` (a pre-autotune checkpoint:
             the old flag rule, so that resume stays exact).
@@ -105,6 +110,7 @@ class FastPath:
     step_ms: dict[str, float] = field(default_factory=dict)
     spread_ms: dict[str, list[float]] = field(default_factory=dict)
     rounds: int = 0
+    cuda_graph: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,14 +123,15 @@ class FastPath:
             step_ms={str(k): float(v) for k, v in dict(data.get("step_ms", {})).items()},
             spread_ms={str(k): [float(x) for x in v]
                        for k, v in dict(data.get("spread_ms", {})).items()},
-            rounds=int(data.get("rounds", 0)),
+            rounds=int(data.get("rounds", 0)), cuda_graph=bool(data.get("cuda_graph", False)),
         )
 
     def describe(self) -> str:
         """One line: the choice, its source and the measured step times."""
         text = (f"amp={'bf16' if self.amp else 'off'} channels_last="
                 f"{'on' if self.channels_last else 'off'} compile="
-                f"{'on' if self.compile else 'off'} ({self.source}")
+                f"{'on' if self.compile else 'off'} cuda_graph="
+                f"{'on' if self.cuda_graph else 'off'} ({self.source}")
         if self.step_ms:
             times = ", ".join(
                 f"{k} {v:.1f} ms [{self.spread_ms.get(k, [v, v])[0]:.1f}-"
@@ -154,9 +161,10 @@ def candidates(amp: str, channels_last: str, device: torch.device) -> list[Candi
     return sorted(found, key=lambda c: c.rank)
 
 
-def compile_choice(value: str, device: torch.device) -> bool:
-    """``compile``: explicit values honoured; ``auto`` is on with CUDA only (see module)."""
-    return value == "on" or (value == "auto" and device.type == "cuda")
+def compile_choice(value: str, device: torch.device, graphed: bool = False) -> bool:
+    """``compile``: explicit values honoured; ``auto`` is on with CUDA only, and off where the
+    training step is replayed as a CUDA graph instead (see module)."""
+    return value == "on" or (value == "auto" and device.type == "cuda" and not graphed)
 
 
 def _native_bf16(device: torch.device) -> bool:
@@ -249,7 +257,7 @@ def decide(
     amp: str, channels_last: str, compile_: str, device: torch.device,
     model: dict[str, Any], batch_size: int, likelihood: str,
     make_step: Callable[[Candidate], Callable[[], None]],
-    world: tuple[int, int] = (0, 1),
+    world: tuple[int, int] = (0, 1), graphed: bool = False,
 ) -> FastPath:
     """The fast path of a run: explicit settings, the cached choice, or a measured one.
 
@@ -260,8 +268,9 @@ def decide(
         make_step: Builds a zero-argument callable that runs one full training step of a
             candidate (called only when measuring).
         world: ``(rank, world_size)``; with several ranks rank 0 decides and broadcasts.
+        graphed: The step will be replayed as a CUDA graph (``compile: auto`` is then off).
     """
-    compiled = compile_choice(compile_, device)
+    compiled = compile_choice(compile_, device, graphed)
     cands = candidates(amp, channels_last, device)
     rank, world_size = world
     fast = None
@@ -301,6 +310,7 @@ def _cached_or_measured(
     entry = {**fast.to_dict(), "key": fields,
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     entry.pop("compile")  # decided by rule, not cached
+    entry.pop("cuda_graph")
     _write_cache(path, key, entry)
     return fast
 

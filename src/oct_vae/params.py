@@ -213,6 +213,7 @@ _TRAIN_RULES: dict[str, Rule] = {
     "amp": choice(AMP_MODES),
     "compile": choice(SWITCHES),
     "channels_last": choice(SWITCHES),
+    "cuda_graph": choice(SWITCHES),
     "val_batch_size": integer(),
     "checkpoint_dir": optional(text("a folder (a string)")),
     "checkpoint_every": integer(),

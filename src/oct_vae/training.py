@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from oct_vae import checkpoint as checkpoints
 from oct_vae.autotune import Candidate, FastPath
 from oct_vae.batchnorm import sync_batchnorm
 from oct_vae.checkpoint import CHECKPOINT_FORMAT, make_checkpoint, to_cpu
+from oct_vae.cuda_graph import GraphedStep, capture_or_none
 from oct_vae.device import amp_enabled, flag, resolve_device
 from oct_vae.fileio import check_writable
 from oct_vae.lineage import data_fingerprint
@@ -73,6 +74,10 @@ class TrainConfig:
         compile: ``auto`` (on CUDA only), ``on`` or ``off``: ``torch.compile`` the model,
             falling back to eager execution when compilation fails.
         channels_last: ``auto`` (measured, like ``amp``), ``on`` or ``off``.
+        cuda_graph: ``auto`` (on with CUDA and one process), ``on`` (CUDA only) or
+            ``off``: capture the whole training step of a full batch (forward, loss,
+            backward, Adam) as one CUDA graph and replay it (``oct_vae.cuda_graph``). It
+            runs the same kernels, so it changes speed, not the numbers.
         val_batch_size: Images per validation batch.
         checkpoint_dir: Folder of this run's per-epoch checkpoint ``last.pt``; ``None``
             disables it. The Kedro train node gives every run a folder of its own.
@@ -99,6 +104,7 @@ class TrainConfig:
     amp: str = "auto"
     compile: str = "auto"
     channels_last: str = "auto"
+    cuda_graph: str = "auto"
     val_batch_size: int = 256
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1
@@ -119,7 +125,7 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not isinstance(self.resume, (bool, str)):
             raise ValueError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
-        for name in ("amp", "compile", "channels_last"):
+        for name in ("amp", "compile", "channels_last", "cuda_graph"):
             allowed = ("auto", "bf16", "off") if name == "amp" else ("auto", "on", "off")
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -212,6 +218,9 @@ class Trainer:
         # amp / channels-last / compile: explicit, measured (cached), or the resumed run's.
         self.fast_path = self._choose_fast_path(resume_from)
         self.amp, self.channels_last = self.fast_path.amp, self.fast_path.channels_last
+        # Whole-step CUDA graph: captured at the first full batch (after any resume).
+        self.graphed: GraphedStep | None = None
+        self._graph_pending = self.fast_path.cuda_graph
         # Which data this model learns from: stored in every checkpoint, checked on resume.
         self.data_fingerprint = data_fingerprint(train_images, val_images)
         self.train_data = _resident(train_images, self.device)
@@ -220,7 +229,8 @@ class Trainer:
         self._forward = _TrainStep(self.model, config, self.amp, self.device.type)
         self.train_step, self.step_model = self._build_steps()
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.lr, **_adam_kwargs(self.device)
+            self.model.parameters(), lr=config.lr,
+            **_adam_kwargs(self.device, self.fast_path.cuda_graph),
         )
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] | None = None  # {"epoch", "val_total", "state_dict"}
@@ -277,6 +287,11 @@ class Trainer:
     def _optimise(self, x: torch.Tensor, eps: torch.Tensor, global_n: int) -> torch.Tensor:
         """One optimiser step on this rank's slice ``x`` of a global batch of ``global_n``."""
         full = len(range(self.rank, self.config.batch_size, self.world_size))
+        if x.shape[0] == full and self._graph_pending:
+            self._graph_pending = False  # one attempt: a failed capture falls back for good
+            self.graphed = capture_or_none(self.step_model, self.model, self.optimizer, x, eps)
+        if x.shape[0] == full and self.graphed is not None:
+            return self.graphed(x, eps)  # forward, backward and Adam, replayed at once
         # The short last batch runs eagerly: a new shape would recompile the graph.
         step = self.step_model if x.shape[0] == full else self.train_step
         terms = step(x, eps)
@@ -346,8 +361,16 @@ class Trainer:
 
     def _choose_fast_path(self, resume_from: tuple[Path, dict[str, Any]] | None) -> FastPath:
         """The resumed run's settings (resume stays exact), else ``autotune.decide``."""
+        cfg = self.config
+        graphed = graph_choice(cfg.cuda_graph, cfg.compile, self.device, self.world_size)
+        fast = self._amp_layout_compile(resume_from, graphed)
+        return replace(fast, cuda_graph=graphed)
+
+    def _amp_layout_compile(
+        self, resume_from: tuple[Path, dict[str, Any]] | None, graphed: bool
+    ) -> FastPath:
         cfg, device = self.config, self.device
-        compiled = autotune.compile_choice(cfg.compile, device)
+        compiled = autotune.compile_choice(cfg.compile, device, graphed)
         if resume_from is not None:
             stored = resume_from[1].get("fast_path")
             if isinstance(stored, dict):
@@ -362,7 +385,7 @@ class Trainer:
         return autotune.decide(
             cfg.amp, cfg.channels_last, cfg.compile, device, self.model_config.to_dict(),
             per_rank, cfg.likelihood, lambda c: self._candidate_step(c, per_rank),
-            (self.rank, self.world_size),
+            (self.rank, self.world_size), graphed,
         )
 
     def _candidate_step(self, candidate: Candidate, batch: int) -> Callable[[], None]:
@@ -504,7 +527,12 @@ class Trainer:
                 f"{state['epoch']}, or train.resume: false to train {cfg.epochs} epochs anew."
             )
         self.model.load_state_dict(state["model"])
+        # The checkpoint's groups carry the implementation flags of the run that wrote it
+        # (fused, foreach, capturable): keep this run's, which fit this device.
+        flags = [{k: g[k] for k in _ADAM_FLAGS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, flags):
+            group.update(own)
         self.history = list(state["history"])
         self.best = state["best"]
         self.start_epoch = int(state["epoch"]) + 1
@@ -651,7 +679,9 @@ def _resume_key(config: TrainConfig) -> dict[str, Any]:
     # Settings that must match to continue a run. Epochs may grow and progress may change;
     # devices may change too, since the global batch (hence the trajectory) does not.
     # The checkpoint folder may change too: a resumed run writes into a folder of its own.
-    skip = ("epochs", "resume", "progress", "devices", "checkpoint_every", "checkpoint_dir")
+    # The CUDA graph changes speed only, so a run may resume with or without it.
+    skip = ("epochs", "resume", "progress", "devices", "checkpoint_every", "checkpoint_dir",
+            "cuda_graph")
     return {k: v for k, v in asdict(config).items() if k not in skip}
 
 
@@ -662,10 +692,40 @@ def _no_buffer_broadcast() -> dict[str, bool]:
     return {name: False}
 
 
-def _adam_kwargs(device: torch.device) -> dict[str, Any]:
+_ADAM_FLAGS = ("fused", "foreach", "capturable")
+
+
+def _adam_kwargs(device: torch.device, graphed: bool = False) -> dict[str, Any]:
     if device.type == "cuda":
-        return {"fused": True}
+        # The fused kernel keeps its step count on the device either way: capturable
+        # (needed inside a CUDA graph) changes no arithmetic.
+        return {"fused": True, "capturable": graphed}
     return {"foreach": True}
+
+
+def graph_choice(value: str, compile_: str, device: torch.device, world_size: int) -> bool:
+    """``cuda_graph``: ``auto`` is on with CUDA and one process, unless ``compile: on`` asks
+    for the compiled step instead; ``on`` needs CUDA, one process and no ``compile: on``.
+
+    A compiled step replayed as a CUDA graph is faster still (H200, batch 256: 29,899
+    against 25,744 images/s), but its test of training exactly like the ungraphed compiled
+    step failed on an H200 (2026-12-04, cause not found; benchmarks/RESULTS.md), so the two
+    are not combined.
+    """
+    if value == "on":
+        if device.type != "cuda" or world_size > 1:
+            raise ValueError(
+                f"cuda_graph: on needs one process on a CUDA device (here: {device.type}, "
+                f"{world_size} process(es)); use auto or off"
+            )
+        if compile_ == "on":
+            raise ValueError(
+                "cuda_graph: on and compile: on are not combined: the compiled step "
+                "replayed as a CUDA graph has not been shown to train like the compiled "
+                "one (benchmarks/RESULTS.md, 2026-12-04); set one of them to auto or off"
+            )
+    return (value != "off" and compile_ != "on" and device.type == "cuda"
+            and world_size == 1)
 
 
 def _try_compile(module: torch.nn.Module) -> Callable[..., torch.Tensor]:

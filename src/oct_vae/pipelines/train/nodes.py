@@ -136,7 +136,7 @@ def train_vae(
     fast = meta.get("fast_path", {})
     for name, ms in fast.get("step_ms", {}).items():
         metrics[f"autotune_step_ms_{name}"] = [{"value": float(ms), "step": 0}]
-    for key in ("amp", "channels_last", "compile"):
+    for key in ("amp", "channels_last", "compile", "cuda_graph"):
         if key in fast:
             name = "autotune_amp_bf16" if key == "amp" else f"autotune_{key}"
             metrics[name] = [{"value": float(fast[key]), "step": 0}]
