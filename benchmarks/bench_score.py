@@ -102,7 +102,6 @@ def make_model() -> None:
     from oct_vae.training import TrainConfig
 
     train = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]
-    ev = yaml.safe_load((ROOT / "conf/base/parameters_evaluate.yml").read_text())["evaluate"]
     normals = sorted(str(p) for p in (PHANTOM_DIR / "train" / "NORMAL").rglob("*.jpeg"))[:256]
     pixels, _ = decode_scans(normals, 128, progress=False)
     torch.manual_seed(0)
@@ -113,11 +112,7 @@ def make_model() -> None:
         ckpt,
         pixels[:192],
         pixels[192:],
-        ev["n_samples"],
-        ev["batch_size"],
-        ev["top_k_percent"],
-        ev["residual_sigma"],
-        ev["filtered_top_k_percent"],
+        train["scoring"],
         0,
         "cpu",
     )

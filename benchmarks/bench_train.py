@@ -15,8 +15,8 @@ slows both alike:
   ``DataLoader``, no autocast, default ``Adam``, ``model(x)`` + BCE + KL, ``loss.item()``
   every step, cuDNN autotuning off (its default).
 * ``project``: ``Trainer._train_epoch``, the code the Kedro train node runs, with the
-  ``TrainConfig`` defaults for the device (bf16 autocast, channels-last, fused Adam,
-  ``torch.compile`` on CUDA; see ``oct_vae.training``).
+  ``TrainConfig`` defaults for the device (``oct_vae.fast_path``: on CUDA bf16 autocast,
+  channels-last, fused Adam and the whole step replayed as a CUDA graph; float32 on CPUs).
 
 Reported per loop: images/s (median epoch), the projection to 40 epochs x 25,236 images
 (the paper's training set; training steps only: no validation, checkpoints or
@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from oct_vae.device import amp_enabled, device_label, flag, resolve_device
+from oct_vae.device import device_label, resolve_device
 from oct_vae.losses import negative_elbo
 from oct_vae.model import VAE, VAEConfig
 from oct_vae.phantom import layered_scans
@@ -145,7 +145,7 @@ class ProjectLoop:
         empty = np.zeros((0, *images.shape[1:]), dtype=np.uint8)
         t0 = time.perf_counter()
         self.trainer = Trainer(images, empty, model_config, config, device=device)
-        self.setup_s = time.perf_counter() - t0  # includes the autotune measurement, if any
+        self.setup_s = time.perf_counter() - t0
         self.n_epochs = 0
 
     def epoch(self) -> int:
@@ -233,23 +233,10 @@ def _project_variants(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     for graph_name, graph in graphs:
         for compile_name, compile_ in compiles:
             if graph == "on" and compile_ == "on":
-                continue  # not combined by the product (oct_vae.training.graph_choice)
+                continue  # not combined by the product (oct_vae.fast_path.graph_choice)
             name = "_".join(p for p in ("project", compile_name, graph_name) if p)
             rows.append((name, compile_, graph))
     return rows
-
-
-def flag_rule_config(config: TrainConfig, device: torch.device) -> TrainConfig:
-    """``config`` with ``auto`` amp / channels-last replaced by the pre-autotune flag rule
-    (bf16 on CUDA and on CPUs reporting AVX512-BF16/AMX; channels-last on CUDA)."""
-    on_cuda = device.type == "cuda"
-    amp = config.amp
-    if amp == "auto":
-        amp = "bf16" if amp_enabled("auto", device) else "off"
-    layout = config.channels_last
-    if layout == "auto":
-        layout = "on" if flag("auto", on_cuda) else "off"
-    return replace(config, amp=amp, channels_last=layout)
 
 
 def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -274,9 +261,6 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
         loops = []
     for name, compile_, graph in _project_variants(args):
         config = _train_config(args, args.batch_size, compile_, graph)
-        if args.compare_flag_auto:
-            rule = flag_rule_config(config, device)
-            loops.append(ProjectLoop(images[:n], model_config, rule, device, f"{name}_flag_rule"))
         loops.append(ProjectLoop(images[:n], model_config, config, device, name))
         report["project_config"] = {**asdict(config), "amp_active": loops[-1].trainer.amp,
                                     "channels_last_active": loops[-1].trainer.channels_last}
@@ -315,7 +299,7 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
 
 def loop_graph(config: TrainConfig, device: torch.device) -> bool:
     """Whether a one-process loop with ``config`` replays a CUDA graph."""
-    from oct_vae.training import graph_choice
+    from oct_vae.fast_path import graph_choice
 
     return graph_choice(config.cuda_graph, config.compile, device, 1)
 
@@ -573,8 +557,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", default="auto", choices=("auto", "on", "off", "both"),
                    help="project loop: whole-step CUDA graph; both = one row each")
     p.add_argument("--skip-naive", action="store_true", help="time the project loop only")
-    p.add_argument("--compare-flag-auto", action="store_true",
-                   help="add a project loop with the pre-autotune flag rule for auto settings")
     p.add_argument("--fit-epochs", type=int, default=0,
                    help="instead: run Trainer.fit for this many epochs on synthetic data")
     p.add_argument("--fit-images", type=int, default=PAPER_IMAGES)
@@ -683,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.update(command(args, device))
     results = report.get("results", {})
     if "naive" in results and len(results) > 1:
-        fast = [r for k, r in results.items() if k != "naive" and not k.endswith("_flag_rule")]
+        fast = [r for k, r in results.items() if k != "naive"]
         best = max(fast, key=lambda r: r["images_per_s"])
         target = TARGET_GPU_RATIO if device.type == "cuda" else TARGET_CPU_RATIO
         report["speedup"] = best["speedup_vs_naive"]

@@ -125,7 +125,7 @@ print({k: s[k] for k in ('n_files', 'seconds', 'reused')}, s.get('counts'))
     timeout "$(left "${T_KEDRO:-280}")" "$PY" -m kedro run --env kermany \
         --params "raw_dir=$TREE$KEDRO_PARAMS" > "$OUT/kedro_kermany.log" 2>&1
     echo "exit $?; kedro run: $(( $(date +%s) - t0 )) s"
-    grep -E "trained|Completed|Running node|ERROR|Error|autotune|CUDA graph|Reconstruction" \
+    grep -E "trained|Completed|Running node|ERROR|Error|fast path|CUDA graph|Reconstruction" \
         "$OUT/kedro_kermany.log" | cut -c1-220 | tail -n 60
     grep -E "oct_vae.training: epoch" "$OUT/kedro_kermany.log" | cut -c1-200 | tail -n 3
 else

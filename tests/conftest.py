@@ -7,12 +7,6 @@ import os
 # The tests run many tiny tensor operations, for which one thread per process is fastest
 # (and two test processes of the DDP test share the two cores); set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# The measured fast-path choice (oct_vae.autotune) is cached per machine; tests keep their
-# own cache, never the user's (~/.cache/oct-vae).
-if "OCT_VAE_CACHE_DIR" not in os.environ:
-    import tempfile
-
-    os.environ["OCT_VAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="oct-vae-test-cache-")
 
 from pathlib import Path  # noqa: E402
 

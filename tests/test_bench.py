@@ -23,11 +23,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def private_autotune_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OCT_VAE_CACHE_DIR", str(tmp_path / "autotune-cache"))
-
-
 def test_step_flops_are_forward_plus_backward_of_the_paper_model():
     config = VAEConfig()  # width 64, latent 300, 128x128
     counter = FlopCounterMode(display=False)
@@ -108,20 +103,6 @@ def test_peak_table_gives_mfu_only_for_known_devices():
     assert bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert bench.peak_tflops("AMD EPYC 7B13") is None
     assert bench.peak_tflops("AMD EPYC 7B13", given=2.0) == 2.0
-
-
-def test_compare_flag_auto_adds_the_flag_rule_loop(tmp_path, monkeypatch):
-    monkeypatch.setenv("OCT_VAE_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "bench.json"
-    argv = ["--quick", "--device", "cpu", "--width", "4", "--batch-size", "4", "--steps", "1",
-            "--rounds", "1", "--compare-flag-auto", "--amp", "off", "--out", str(out)]
-    assert bench.main(argv) == 0
-    results = json.loads(out.read_text())["results"]
-    assert set(results) == {"naive", "project_flag_rule", "project"}
-    rule = results["project_flag_rule"]["fast_path"]
-    assert rule["source"] == "explicit" and not rule["channels_last"]  # the old CPU rule
-    assert results["project"]["fast_path"]["source"] in ("measured", "cache")
-    assert results["project"]["setup_s"] > 0
 
 
 def test_bench_imports_neither_kedro_nor_pandas():

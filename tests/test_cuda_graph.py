@@ -10,19 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from oct_vae import autotune
+from oct_vae import fast_path
 from oct_vae.cuda_graph import _restored
+from oct_vae.fast_path import graph_choice
 from oct_vae.model import VAEConfig
 from oct_vae.phantom import layered_scans
-from oct_vae.training import TrainConfig, Trainer, _resume_key, graph_choice
+from oct_vae.training import TrainConfig, Trainer, _resume_key
 
 MODEL = VAEConfig(image_size=32, width=8, latent_dim=16, n_blocks=3)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def private_autotune_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "autotune-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +98,10 @@ def test_rule_on_needs_cuda_one_process_and_no_compile():
 
 def test_compile_auto_gives_way_to_the_graph():
     gpu = torch.device("cuda")
-    assert autotune.compile_choice("auto", gpu, graphed=False)
-    assert not autotune.compile_choice("auto", gpu, graphed=True)
-    assert autotune.compile_choice("on", gpu, graphed=True)
-    assert not autotune.compile_choice("auto", torch.device("cpu"))
+    assert fast_path.compile_choice("auto", gpu, graphed=False)
+    assert not fast_path.compile_choice("auto", gpu, graphed=True)
+    assert fast_path.compile_choice("on", gpu, graphed=True)
+    assert not fast_path.compile_choice("auto", torch.device("cpu"))
 
 
 def test_cpu_trainer_runs_without_a_graph_and_refuses_on(data):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from oct_vae import autotune
 from oct_vae.distributed import train as train_vae
 from oct_vae.model import VAEConfig
 from oct_vae.phantom import layered_scans
@@ -18,11 +17,6 @@ MODEL = VAEConfig(image_size=32, width=8, latent_dim=16, n_blocks=3)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def private_autotune_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "autotune-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +49,6 @@ def test_bf16_fast_path_val_loss_within_2_percent_of_float32(data):
     fast = bf16.history[-1]["val_total"]
     assert fast != last  # bf16 really ran
     assert abs(fast - last) / last < 0.02
-
-
-def test_amp_auto_is_measured_not_read_from_cpu_flags(data, monkeypatch):
-    train, val = data
-
-    def timings(bf16_ms: float):
-        def time_steps(make_step, cands, sync=None):
-            return {c.name: [bf16_ms if c.amp else 10.0] * 3 for c in cands}
-
-        return time_steps
-
-    # the CPU reports native bf16, but bf16 steps measure slower: float32 (the Xeon case)
-    monkeypatch.setattr(autotune, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(autotune, "time_steps", timings(12.0))
-    assert not Trainer(train, val, MODEL, _cfg(amp="auto")).amp
-    monkeypatch.setattr(autotune, "time_steps", timings(6.0))  # bf16 faster (the EPYC case)
-    assert Trainer(train, val, MODEL, _cfg(amp="auto", batch_size=8)).amp
-    # no native bf16: not even a candidate, whatever a measurement would say
-    monkeypatch.setattr(autotune, "cpu_has_native_bf16", lambda: False)
-    assert not Trainer(train, val, MODEL, _cfg(amp="auto", batch_size=4)).amp
-    assert not Trainer(train, val, MODEL, _cfg(amp="off")).amp
-    assert Trainer(train, val, MODEL, _cfg(amp="bf16")).amp
 
 
 def test_compile_failure_falls_back_to_eager_with_the_same_result(data, monkeypatch, caplog):

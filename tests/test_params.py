@@ -201,9 +201,22 @@ def test_an_unknown_key_without_a_near_miss_lists_what_is_known(base):
     assert "score takes: input_dir, flag_score, specificity" in problem
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "reader"),
+    [
+        ("n_samples", "train.scoring.n_samples", "read by the train pipeline"),
+        ("filtered_top_k_percent", "train.scoring.filtered_top_k_percent", "train pipeline"),
+        ("specificity", "score.specificity", "the one operating point"),
+    ],
+)
+def test_a_moved_parameter_names_its_new_key_and_reader(base, old, new, reader):
+    problem = _one_problem(_with(base, **{f"evaluate__{old}": 2}), f"evaluate.{old}")
+    assert f"it is now {new}" in problem and reader in problem
+
+
 def test_a_specificity_at_the_top_level_suggests_both_namespaces(base):
     problem = _one_problem(_with(base, specificity=0.9), "specificity")
-    assert "did you mean evaluate.specificity or score.specificity?" in problem
+    assert "did you mean score.specificity?" in problem
 
 
 # ----------------------------------------------------------------- missing and shapes
@@ -224,7 +237,9 @@ def test_a_missing_namespace_is_reported(base):
 
 
 def test_train_keys_are_optional_they_have_the_dataclass_defaults(base):
-    check_parameters(_with(base, train={}))
+    # ... except train.scoring, which the calibration node reads as a whole
+    check_parameters(_with(base, train={"scoring": base["train"]["scoring"]}))
+    assert _one_problem(_with(base, train={}), "train.scoring") == "train.scoring is missing"
 
 
 def test_a_namespace_must_be_a_mapping(base):
@@ -242,7 +257,7 @@ def test_a_namespace_must_be_a_mapping(base):
         ("ingest__test_normals", 20.0, "a positive integer"),  # nor is a float
         ("ingest__workers", "2", "an integer >= 0"),
         ("train__lr", "1e-3", "a number > 0"),
-        ("evaluate__specificity", True, "a number in (0, 1)"),
+        ("score__specificity", True, "a number in (0, 1)"),
         ("train__resume", 3, "false, true"),
         ("train__progress", "yes", "true or false"),
         ("ingest__max_train_normals", 0.5, "null or a positive integer"),
@@ -261,9 +276,9 @@ def test_wrong_types_are_refused(base, key, value, allowed):
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("evaluate__top_k_percent", 5),  # an integer is a number
-        ("evaluate__top_k_percent", 100),
-        ("evaluate__residual_sigma", 0),
+        ("train__scoring__top_k_percent", 5),  # an integer is a number
+        ("train__scoring__top_k_percent", 100),
+        ("train__scoring__residual_sigma", 0),
         ("train__beta", 0),
         ("ingest__workers", 0),
         ("ingest__max_train_normals", None),
@@ -296,16 +311,16 @@ def test_values_at_the_edges_pass(base, key, value):
         ("ingest__max_train_normals", 0, "null or a positive integer"),
         ("ingest__max_image_pixels", 0, "a positive integer"),
         ("ingest__workers", -1, "an integer >= 0 (0 = all cores)"),
-        ("evaluate__n_samples", 0, "a positive integer"),
-        ("evaluate__batch_size", 0, "a positive integer"),
+        ("train__scoring__n_samples", 0, "a positive integer"),
+        ("train__scoring__batch_size", 0, "a positive integer"),
         ("evaluate__n_bootstrap", 0, "a positive integer"),
         ("evaluate__n_examples", 0, "a positive integer"),
-        ("evaluate__top_k_percent", 0, "(0, 100]"),
-        ("evaluate__top_k_percent", 100.5, "(0, 100]"),
-        ("evaluate__filtered_top_k_percent", 0.0, "(0, 100]"),
-        ("evaluate__residual_sigma", -0.5, ">= 0"),
-        ("evaluate__specificity", 0.0, "(0, 1)"),
-        ("evaluate__specificity", 1.0, "(0, 1)"),
+        ("train__scoring__top_k_percent", 0, "(0, 100]"),
+        ("train__scoring__top_k_percent", 100.5, "(0, 100]"),
+        ("train__scoring__filtered_top_k_percent", 0.0, "(0, 100]"),
+        ("train__scoring__residual_sigma", -0.5, ">= 0"),
+        ("score__specificity", 0.0, "(0, 1)"),
+        ("score__specificity", 1.0, "(0, 1)"),
         ("score__specificity", 1.5, "(0, 1)"),
         ("score__specificity", float("nan"), "(0, 1)"),
         ("score__max_image_bytes", 0, "a positive integer"),
@@ -379,6 +394,7 @@ def test_the_choices_are_what_train_config_accepts():
         ("amp", P.AMP_MODES),
         ("compile", P.SWITCHES),
         ("channels_last", P.SWITCHES),
+        ("cuda_graph", P.SWITCHES),
         ("likelihood", LIKELIHOODS),
     ):
         for value in options:
@@ -404,7 +420,7 @@ def test_train_keys_are_the_config_dataclass_fields():
     fields = {f.name for f in dataclasses.fields(VAEConfig)} | {
         f.name for f in dataclasses.fields(TrainConfig)
     }
-    assert set(P.TRAIN) == fields - {"image_size", "seed", "device"}
+    assert set(P.TRAIN) == fields - {"image_size", "seed", "device"} | {P.SCORING_KEY}
     # ... split by the train node exactly as the rules split them
     from oct_vae.pipelines.train.nodes import split_train_params
 
@@ -416,19 +432,19 @@ def test_train_keys_are_the_config_dataclass_fields():
 
 def test_every_train_key_has_a_rule_of_its_own():
     # A new config field is checked by its type alone until it gets an explicit rule here.
-    assert set(P._TRAIN_RULES) == set(P.TRAIN)
+    assert set(P._TRAIN_RULES) == set(P.TRAIN) - {P.SCORING_KEY}
 
 
 def test_the_config_dataclasses_are_the_last_check(base, monkeypatch):
     # A value that slips past a rule is still stopped by the config that would take it.
     monkeypatch.setitem(P.TRAIN, "lr", P.Rule("anything", lambda v: True, required=False))
     monkeypatch.setitem(
-        P.EVALUATE, "top_k_percent", P.Rule("anything", lambda v: True, required=True)
+        P.SCORING, "top_k_percent", P.Rule("anything", lambda v: True, required=True)
     )
-    problems = _problems(_with(base, train__lr=-1.0, evaluate__top_k_percent=0))
+    problems = _problems(_with(base, train__lr=-1.0, train__scoring__top_k_percent=0))
     assert len(problems) == 2, problems
     assert problems[0].startswith("train: ") and "lr" in problems[0]
-    assert problems[1].startswith("evaluate: ") and "top_k_percent" in problems[1]
+    assert problems[1].startswith("train.scoring: ") and "top_k_percent" in problems[1]
 
 
 # --------------------------------------------------------------------------- hook
@@ -521,3 +537,50 @@ def test_kedro_run_with_a_bad_image_size_stops_before_ingest_registered(tmp_path
     assert "ParameterError" in output and "ingest.image_size=16" in output, output[-3000:]
     assert "multiple of 32" in output
     assert _files_under(project / "data") == [], "a node ran before the parameters were checked"
+
+
+# -------------------------------------------------- every override has a reader
+
+
+def test_evaluate_reads_what_changes_its_output_and_nothing_else():
+    from oct_vae.parameter_hook import parameter_reads
+    from oct_vae.pipeline_registry import every_pipeline
+
+    reads = parameter_reads(every_pipeline()["evaluate"])
+    assert reads == {"evaluate.n_bootstrap", "evaluate.n_examples", "score.specificity",
+                     "score.flag_score", "seed", "device", "ingest.max_image_pixels",
+                     "ingest.workers", "real_dir"}
+
+
+def test_every_evaluate_and_score_key_is_read_by_evaluate_or_refused_naming_its_reader(base):
+    from oct_vae.parameter_hook import parameter_reads
+    from oct_vae.pipeline_registry import every_pipeline
+
+    pipelines = every_pipeline()
+    readers = {name: parameter_reads(p) for name, p in pipelines.items()}
+    evaluate = readers["evaluate"]
+    for namespace in ("evaluate", "score"):
+        for key in base[namespace]:
+            override = {namespace: {key: base[namespace][key]}}
+            problems = P.unread_overrides(override, evaluate, readers, "the evaluate pipeline")
+            if f"{namespace}.{key}" in evaluate:
+                assert problems == []
+            else:
+                (problem,) = problems
+                owners = [n for n, r in readers.items() if f"{namespace}.{key}" in r]
+                assert owners and f"read by the {owners[0]}" in problem, problem
+
+
+def test_an_unread_override_names_the_pipelines_that_read_it():
+    readers = {"train": {"train", "seed"}, "score": {"score.input_dir", "seed"}}
+    (problem,) = P.unread_overrides({"score": {"input_dir": "/x"}}, {"seed"}, readers,
+                                    "the evaluate pipeline")
+    assert problem.startswith("score.input_dir: no node of the evaluate pipeline reads it")
+    assert "read by the score pipeline" in problem
+    (both,) = P.unread_overrides({"seed": 3}, set(), readers, "the promote pipeline")
+    assert "read by the score and train pipelines" in both
+    assert P.unread_overrides({"train": {"scoring": {"n_samples": 2}}}, {"train"}, readers,
+                              "x") == []  # a node reading a namespace reads its keys
+    assert P.unread_overrides({"a": 1}, {""}, readers, "x") == []  # all parameters
+    with pytest.raises(ParameterError, match="no pipeline reads it"):
+        P.check_overrides({"nowhere": 1}, set(), readers, "x")

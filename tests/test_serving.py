@@ -37,6 +37,10 @@ from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from oct_vae.training import TrainConfig
 from tests.test_imaging import encode, png_header_only
 
+# train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
+SCORING = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 2.0,
+           "filtered_top_k_percent": 5.0}
+
 SIZE = 128
 # Every score of an answer, in column order: the paper's, beyond it, the two baselines.
 SCORE_NAMES = (*PAPER_SCORES, *EXTRA_SCORES, *BASELINE_SCORES)
@@ -166,7 +170,7 @@ def checkpoint() -> dict:
     rng = np.random.default_rng(0)
     train = rng.integers(0, 255, (12, SIZE, SIZE), dtype=np.uint8)
     val = rng.integers(0, 255, (20, SIZE, SIZE), dtype=np.uint8)
-    calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
+    calibrated, _ = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
     return calibrated
 
 

@@ -1,10 +1,7 @@
 """Where a run computes, and what the device can do. Imports only torch.
 
-Training decides its ``auto`` fast-path settings by measurement (``oct_vae.autotune``):
-CPU flags are no guide to whether bf16 pays. ``cpu_has_native_bf16`` only says whether
-bf16 is worth timing at all. ``flag`` and ``amp_enabled`` are the earlier flag rule
-(bf16 on CUDA and on CPUs reporting native bf16; channels-last and compile on CUDA), still
-used for resuming checkpoints written before autotuning and as the benchmark's "before".
+The ``auto`` fast-path settings follow the rules of ``oct_vae.fast_path``;
+``legacy_flag_rule`` is the first rule, kept to resume checkpoints trained by it.
 """
 
 from __future__ import annotations
@@ -54,25 +51,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def flag(value: str, on_cuda: bool) -> bool:
-    """An ``auto`` | ``on`` | ``off`` (or ``bf16``) switch: ``auto`` is on with CUDA only."""
-    return value in ("on", "bf16") or (value == "auto" and on_cuda)
-
-
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix maths natively (AVX512-BF16 or AMX).
-
-    Elsewhere oneDNN emulates bf16 and autocast would slow the step down.
-    """
+    """Whether this CPU runs bf16 matrix maths natively (AVX512-BF16 or AMX)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def amp_enabled(value: str, device: torch.device) -> bool:
-    """Whether ``train.amp`` (``auto`` | ``bf16`` | ``off``) turns bf16 autocast on."""
-    if device.type not in ("cuda", "cpu") or value == "off":
-        return False
-    return value == "bf16" or device.type == "cuda" or cpu_has_native_bf16()
+def legacy_flag_rule(device: torch.device) -> tuple[bool, bool]:
+    """(amp, channels_last) of the first flag rule: bf16 on CUDA and on CPUs reporting
+    native bf16, channels-last on CUDA. Only for resuming checkpoints that stored no fast
+    path, which were trained by it; new runs follow ``oct_vae.fast_path``."""
+    amp = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return amp, device.type == "cuda"
 
 
 def device_label(device: torch.device) -> str:

@@ -35,7 +35,10 @@ from oct_vae.model import VAEConfig
 from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, ScoreConfig
 from oct_vae.training import TrainConfig
 
-# params:train -> the model's and the optimiser's settings (see train/nodes.py).
+# params:train -> the model's and the optimiser's settings (see train/nodes.py), and
+# train.scoring, how the calibrated model scores (scores.ScoreConfig, less the fields that
+# come from the training settings and the top level).
+SCORING_KEY = "scoring"
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(VAEConfig) if f.name != "image_size")
 TRAIN_KEYS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("seed", "device")
@@ -179,14 +182,25 @@ INGEST: dict[str, Rule] = {
     "protocol": choice(PROTOCOLS),
 }
 EVALUATE: dict[str, Rule] = {
+    "n_bootstrap": integer(),
+    "n_examples": integer(),
+}
+SCORING: dict[str, Rule] = {
     "n_samples": integer(),
     "batch_size": integer(),
     "top_k_percent": PERCENT,
     "residual_sigma": number(0, low_open=False),
     "filtered_top_k_percent": PERCENT,
-    "n_bootstrap": integer(),
-    "specificity": PROBABILITY,
-    "n_examples": integer(),
+}
+# Where parameters of earlier versions went, for the message that refuses the old name.
+MOVED: dict[str, str] = {
+    **{
+        f"evaluate.{key}": f"train.{SCORING_KEY}.{key} (read by the train pipeline, which "
+        "fixes how the model scores when it calibrates it)"
+        for key in SCORING
+    },
+    "evaluate.specificity": "score.specificity (the one operating point: evaluate, score "
+    "and the served model all read it)",
 }
 SCORE: dict[str, Rule] = {
     "input_dir": optional(text("a folder (a string)")),
@@ -252,8 +266,8 @@ def _train_rules() -> dict[str, Rule]:
     }
 
 
-TRAIN = _train_rules()
-NAMESPACES: dict[str, dict[str, Rule]] = {
+TRAIN: dict[str, Any] = {**_train_rules(), SCORING_KEY: SCORING}
+NAMESPACES: dict[str, dict[str, Any]] = {
     "ingest": INGEST,
     "train": TRAIN,
     "evaluate": EVALUATE,
@@ -270,6 +284,9 @@ TOP_LEVEL: dict[str, Rule] = {
     # scans that evaluate scores as a transfer test (default ../shared/data).
     "real_dir": not_required(text("a folder (a string)")),
 }
+# Runtime parameters that the catalog reads (``${runtime_params:...}``), not a node: the
+# dataset whose path each one sets.
+CATALOG_PARAMS: dict[str, str] = {"raw_dir": "raw_scans", "real_dir": "real_scans"}
 
 
 def check_parameters(params: Mapping[str, Any]) -> None:
@@ -323,17 +340,28 @@ def find_problems(params: Mapping[str, Any]) -> list[str]:
 
 
 def _check_section(
-    section: Mapping[str, Any], rules: dict[str, Rule], prefix: str, bad: set[str]
+    section: Mapping[str, Any], rules: dict[str, Any], prefix: str, bad: set[str]
 ) -> list[str]:
     problems = []
     for key, value in section.items():
         full = f"{prefix}{key}"
-        if key in rules:
+        if isinstance(rules.get(key), dict):  # a nested section (train.scoring)
+            if isinstance(value, Mapping):
+                problems += _check_section(value, rules[key], f"{full}.", bad)
+            else:
+                problems.append(f"{full}={_shown(value)}: must be a mapping of "
+                                f"{', '.join(rules[key])}")
+                bad.add(full)
+        elif key in rules:
             problems += _check_value(full, value, rules[key], bad)
         else:
             problems.append(_unknown(str(key), value, prefix, list(rules)))
     for key, rule in rules.items():
-        if rule.required and key not in section:
+        if isinstance(rule, dict):
+            if key not in section:
+                problems.append(f"{prefix}{key} is missing")
+                bad.add(f"{prefix}{key}")
+        elif rule.required and key not in section:
             problems.append(f"{prefix}{key} is missing: must be {rule.allowed}")
             bad.add(f"{prefix}{key}")
     return problems
@@ -365,6 +393,8 @@ def _hint(key: str, value: Any, rule: Rule) -> str:
 def _unknown(key: str, value: Any, prefix: str, known: list[str]) -> str:
     full = f"{prefix}{key}"
     line = f"{full}={_shown(value)}: unknown parameter"
+    if full in MOVED:
+        return f"{line}; it is now {MOVED[full]}"
     guess = _suggest(key, prefix, known)
     where = f"{prefix[:-1]} takes" if prefix else "the top level takes"
     return f"{line}; {guess}{where}: {', '.join(known)}"
@@ -373,6 +403,8 @@ def _unknown(key: str, value: Any, prefix: str, known: list[str]) -> str:
 def _suggest(key: str, prefix: str, known: list[str]) -> str:
     """'did you mean train.epochs? ' or ''."""
     elsewhere = [f"{ns}.{key}" for ns, rules in NAMESPACES.items() if key in rules]
+    if key in SCORING:
+        elsewhere.append(f"train.{SCORING_KEY}.{key}")
     if prefix and key in TOP_LEVEL:
         elsewhere.insert(0, f"{key} (top level)")
     if not elsewhere:
@@ -424,7 +456,7 @@ def _default(cls: type, name: str) -> Any:
 
 def _check_configs(params: Mapping[str, Any]) -> list[str]:
     """Build the science modules' configs from the values: their own checks, last."""
-    train, evaluate = params["train"], params["evaluate"]
+    train = params["train"]
     builds = {
         "train": lambda: (
             VAEConfig(
@@ -437,14 +469,7 @@ def _check_configs(params: Mapping[str, Any]) -> list[str]:
                 **{k: v for k, v in train.items() if k in TRAIN_KEYS},
             ),
         ),
-        "evaluate": lambda: ScoreConfig(
-            n_samples=evaluate["n_samples"],
-            batch_size=evaluate["batch_size"],
-            top_k_percent=evaluate["top_k_percent"],
-            residual_sigma=evaluate["residual_sigma"],
-            filtered_top_k_percent=evaluate["filtered_top_k_percent"],
-            seed=params["seed"],
-        ),
+        f"train.{SCORING_KEY}": lambda: ScoreConfig(**train[SCORING_KEY], seed=params["seed"]),
     }
     problems = []
     for name, build in builds.items():
@@ -453,3 +478,61 @@ def _check_configs(params: Mapping[str, Any]) -> list[str]:
         except (TypeError, ValueError) as err:
             problems.append(f"{name}: {err}")
     return problems
+
+
+def flat_keys(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of the leaves of ``--params`` (``{"a": {"b": 1}}`` -> ``["a.b"]``)."""
+    keys: list[str] = []
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            keys += flat_keys(value, f"{full}.")
+        else:
+            keys.append(full)
+    return keys
+
+
+def _reads(key: str, reads: set[str]) -> bool:
+    # A node reading a namespace ("params:train") reads every key in it; "" reads all.
+    return any(r == "" or key == r or key.startswith(f"{r}.") or r.startswith(f"{key}.")
+               for r in reads)
+
+
+def unread_overrides(
+    overrides: Mapping[str, Any], reads: set[str], readers: Mapping[str, set[str]],
+    selected: str,
+) -> list[str]:
+    """The ``--params`` keys that no node of the run reads, each with the pipelines that do.
+
+    Args:
+        overrides: The run's ``--params`` (nested, as Kedro parses them).
+        reads: The parameter keys the run's nodes read (``params:`` inputs without the
+            prefix; ``""`` for a node that reads all parameters).
+        readers: The same for every registered pipeline, by name.
+        selected: The run's pipeline(s), in words, for the message.
+    """
+    problems = []
+    for key in flat_keys(overrides):
+        if _reads(key, reads):
+            continue
+        owners = sorted(name for name, keys in readers.items() if _reads(key, keys))
+        where = (f"it is read by the {' and '.join(owners)} pipeline"
+                 f"{'s' if len(owners) > 1 else ''}: run that instead"
+                 if owners else "no pipeline reads it")
+        problems.append(f"{key}: no node of {selected} reads it, so it would change nothing; "
+                        f"{where}, or leave it out")
+    return problems
+
+
+def check_overrides(
+    overrides: Mapping[str, Any], reads: set[str], readers: Mapping[str, set[str]],
+    selected: str,
+) -> None:
+    """Refuse ``--params`` that the run would not read (``unread_overrides``).
+
+    Raises:
+        ParameterError: Listing each such key and the pipelines that read it.
+    """
+    problems = unread_overrides(overrides, reads, readers, selected)
+    if problems:
+        raise ParameterError(problems)

@@ -1,7 +1,12 @@
 """Project pipelines."""
 
+import importlib
+import pkgutil
+
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
+
+import oct_vae.pipelines
 
 from oct_vae.pipelines.inference import bind_to_training
 
@@ -29,3 +34,17 @@ def register_pipelines() -> dict[str, Pipeline]:
     if "train" in pipelines:
         pipelines["train"] = bind_to_training(pipelines["train"])
     return pipelines
+
+
+def every_pipeline() -> dict[str, Pipeline]:
+    """Every pipeline of the project, built afresh, whatever ``kedro run --pipeline``
+    selected (Kedro then loads only the selected ones): for messages that name the
+    pipeline that reads a parameter. ``train`` is bound to ``inference`` as registered."""
+    found: dict[str, Pipeline] = {}
+    for module in pkgutil.iter_modules(oct_vae.pipelines.__path__):
+        if module.name != "inference":
+            package = importlib.import_module(f"oct_vae.pipelines.{module.name}")
+            found[module.name] = package.create_pipeline()
+    if "train" in found:
+        found["train"] = bind_to_training(found["train"])
+    return found

@@ -63,9 +63,12 @@ def build_report(
     seed: int,
     provenance: dict[str, str],
     real_scan_scores: pd.DataFrame | None = None,
+    flag_score: str | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """The long report table and its Markdown: the test split and, when
-    ``real_scan_scores`` has scored scans, the real scans (transfer).
+    ``real_scan_scores`` has scored scans, the real scans (transfer). ``flag_score`` (the
+    score that flags scans, ``score.flag_score``) is named in the Markdown and marked in
+    the table's ``flags`` column.
 
     Returns:
         One row per dataset, level, score and column (``dataset`` is ``TEST_DATASET`` or
@@ -81,10 +84,12 @@ def build_report(
         real_report = report_rows(real, *args)
         real_report.insert(0, "dataset", REAL_DATASET)
         report = pd.concat([report, real_report], ignore_index=True)
+    flag_row = ROW_NAMES.get(flag_score, flag_score) if flag_score else None
+    report["flags"] = report["score"] == flag_row
     for key, value in provenance.items():
         report[key] = value
     test_part = report[report["dataset"] == TEST_DATASET]
-    markdown = render_markdown(test_part, specificity, n_bootstrap)
+    markdown = render_markdown(test_part, specificity, n_bootstrap, flag_row)
     if real_report is not None:
         markdown += render_transfer_markdown(test_part, real_report, real, real_scan_scores)
     markdown += "\n## Provenance\n\n" + "".join(
@@ -293,7 +298,9 @@ def provenance(vae_model: dict[str, Any], run_info: dict[str, Any]) -> dict[str,
     return out
 
 
-def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) -> str:
+def render_markdown(
+    report: pd.DataFrame, specificity: float, n_bootstrap: int, flag_row: str | None = None
+) -> str:
     """Markdown tables: AUC [95% CI] per level, then AUPRC and sensitivity at the threshold."""
     parts = [
         "# oct-vae results",
@@ -301,6 +308,10 @@ def render_markdown(report: pd.DataFrame, specificity: float, n_bootstrap: int) 
         f"AUC with 95% CI from {n_bootstrap} patient-level bootstrap resamples. "
         "Urgent = CNV + DME vs normal. Paper rows first, then baselines, then new scores.",
     ]
+    if flag_row:
+        parts += ["", f"Flag score (`score.flag_score`, what flags a scan as anomalous): "
+                      f"**{flag_row}**, at {specificity:.0%} specificity on validation normals "
+                      "(`score.specificity`)."]
     columns = list(GROUPS)
     for level in ("image", "patient"):
         parts += _auc_table(

@@ -4,10 +4,11 @@ The same loop serves a 2-core laptop and an H100. The uint8 images stay resident
 the training device and are converted to float one batch at a time, so no data loader
 stands between the data and the model. ``Trainer.fit`` is the epoch loop; each fast-path
 trick sits behind one small function: resident uint8 data (``_resident``), bf16 autocast
-and channels-last memory (``auto`` = measured, ``oct_vae.autotune``), ``torch.compile`` of
+and channels-last memory (``auto`` = by rule, ``oct_vae.fast_path``), ``torch.compile`` of
 model and loss in one graph (``_try_compile``; the short last batch of an epoch runs eagerly
-so it never triggers a recompilation), a NaN check every few steps without a host sync per
-step (``_LossLog``), and checkpoints written by a background thread (``_CheckpointWriter``).
+so it never triggers a recompilation), the whole step replayed as a CUDA graph
+(``oct_vae.cuda_graph``), a NaN check every few steps without a host sync per step
+(``_LossLog``), and checkpoints written by a background thread (``_CheckpointWriter``).
 
 Every epoch ends with a validation pass and an atomic checkpoint (model, optimiser,
 history, best weights so far). ``resume`` continues from the last completed epoch and
@@ -33,20 +34,20 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from oct_vae import autotune
 from oct_vae import checkpoint as checkpoints
-from oct_vae.autotune import Candidate, FastPath
+from oct_vae import fast_path
 from oct_vae.batchnorm import sync_batchnorm
 from oct_vae.checkpoint import CHECKPOINT_FORMAT, make_checkpoint, to_cpu
 from oct_vae.cuda_graph import GraphedStep, capture_or_none
-from oct_vae.device import amp_enabled, flag, resolve_device
+from oct_vae.device import resolve_device
+from oct_vae.fast_path import FastPath
 from oct_vae.fileio import check_writable
 from oct_vae.lineage import data_fingerprint
 from oct_vae.losses import check_likelihood, negative_elbo
@@ -68,12 +69,12 @@ class TrainConfig:
         gaussian_sigma: Pixel standard deviation of the Gaussian likelihood.
         seed: Seeds initialisation, shuffling and sampling.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        amp: ``auto`` (bf16 where a short measurement of training steps on this
-            device, model and batch shows it faster, see ``oct_vae.autotune``), ``bf16``
-            or ``off``.
-        compile: ``auto`` (on CUDA only), ``on`` or ``off``: ``torch.compile`` the model,
-            falling back to eager execution when compilation fails.
-        channels_last: ``auto`` (measured, like ``amp``), ``on`` or ``off``.
+        amp: ``auto`` (bf16 on CUDA devices with native bf16, float32 elsewhere; see
+            ``oct_vae.fast_path``), ``bf16`` or ``off``.
+        compile: ``auto`` (on CUDA without the CUDA graph), ``on`` or ``off``:
+            ``torch.compile`` the model, falling back to eager execution when compilation
+            fails.
+        channels_last: ``auto`` (on with CUDA), ``on`` or ``off``.
         cuda_graph: ``auto`` (on with CUDA and one process), ``on`` (CUDA only) or
             ``off``: capture the whole training step of a full batch (forward, loss,
             backward, Adam) as one CUDA graph and replay it (``oct_vae.cuda_graph``). It
@@ -336,7 +337,7 @@ class Trainer:
     # ------------------------------------------------------------------- set-up
     def _build_model(self, train_images: np.ndarray) -> VAE:
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks each conv's kernel once
         torch.manual_seed(self.config.seed)
         model = VAE(self.model_config).to(self.device)
         # Decoder starts at the training set's mean grey level (see VAE.init_output_bias).
@@ -360,58 +361,16 @@ class Trainer:
         return step, _try_compile(step) if self.fast_path.compile else step
 
     def _choose_fast_path(self, resume_from: tuple[Path, dict[str, Any]] | None) -> FastPath:
-        """The resumed run's settings (resume stays exact), else ``autotune.decide``."""
+        """The settings' rules (``oct_vae.fast_path``); a resumed run keeps the amp and
+        layout it was trained with, so that resuming stays exact."""
         cfg = self.config
-        graphed = graph_choice(cfg.cuda_graph, cfg.compile, self.device, self.world_size)
-        fast = self._amp_layout_compile(resume_from, graphed)
-        return replace(fast, cuda_graph=graphed)
-
-    def _amp_layout_compile(
-        self, resume_from: tuple[Path, dict[str, Any]] | None, graphed: bool
-    ) -> FastPath:
-        cfg, device = self.config, self.device
-        compiled = autotune.compile_choice(cfg.compile, device, graphed)
+        fast = fast_path.decide(cfg.amp, cfg.channels_last, cfg.compile, cfg.cuda_graph,
+                                self.device, self.world_size)
         if resume_from is not None:
-            stored = resume_from[1].get("fast_path")
-            if isinstance(stored, dict):
-                fast = FastPath.from_dict({**stored, "compile": compiled}, source="checkpoint")
-            else:  # written before autotuning existed: the flag rule of that time
-                fast = FastPath(amp_enabled(cfg.amp, device),
-                                flag(cfg.channels_last, device.type == "cuda"), compiled, "rule")
-            if self.rank == 0:
-                log.info("autotune: resumed run keeps %s", fast.describe())
-            return fast
-        per_rank = len(range(self.rank, cfg.batch_size, self.world_size))
-        return autotune.decide(
-            cfg.amp, cfg.channels_last, cfg.compile, device, self.model_config.to_dict(),
-            per_rank, cfg.likelihood, lambda c: self._candidate_step(c, per_rank),
-            (self.rank, self.world_size), graphed,
-        )
-
-    def _candidate_step(self, candidate: Candidate, batch: int) -> Callable[[], None]:
-        """One real training step of ``candidate`` (fresh model, the run's Adam settings) on
-        random images, for ``autotune``; leaves the global random state untouched."""
-        cfg, mc, device = self.config, self.model_config, self.device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            vae = VAE(mc).to(device)
-        if candidate.channels_last:
-            vae = vae.to(memory_format=torch.channels_last)
-        vae.train()
-        optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, **_adam_kwargs(device))
-        step = _TrainStep(vae, cfg, candidate.amp, device.type)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        size = (batch, mc.image_size, mc.image_size)
-        images = torch.randint(0, 256, size, dtype=torch.uint8, generator=gen).to(device)
-        eps = torch.randn((batch, mc.latent_dim, 1, 1), generator=gen).to(device)
-
-        def run() -> None:
-            terms = step(to_float_batch(images, candidate.channels_last), eps)
-            optimizer.zero_grad(set_to_none=True)
-            terms[2].backward()
-            optimizer.step()
-
-        return run
+            fast = fast_path.resumed(resume_from[1].get("fast_path"), fast, self.device)
+        if self.rank == 0:
+            log.info("fast path: %s", fast.describe())
+        return fast
 
     # ------------------------------------------------------------ epoch helpers
     def _record(
@@ -701,31 +660,6 @@ def _adam_kwargs(device: torch.device, graphed: bool = False) -> dict[str, Any]:
         # (needed inside a CUDA graph) changes no arithmetic.
         return {"fused": True, "capturable": graphed}
     return {"foreach": True}
-
-
-def graph_choice(value: str, compile_: str, device: torch.device, world_size: int) -> bool:
-    """``cuda_graph``: ``auto`` is on with CUDA and one process, unless ``compile: on`` asks
-    for the compiled step instead; ``on`` needs CUDA, one process and no ``compile: on``.
-
-    A compiled step replayed as a CUDA graph is faster still (H200, batch 256: 29,899
-    against 25,744 images/s), but its test of training exactly like the ungraphed compiled
-    step failed on an H200 (2026-12-04, cause not found; benchmarks/RESULTS.md), so the two
-    are not combined.
-    """
-    if value == "on":
-        if device.type != "cuda" or world_size > 1:
-            raise ValueError(
-                f"cuda_graph: on needs one process on a CUDA device (here: {device.type}, "
-                f"{world_size} process(es)); use auto or off"
-            )
-        if compile_ == "on":
-            raise ValueError(
-                "cuda_graph: on and compile: on are not combined: the compiled step "
-                "replayed as a CUDA graph has not been shown to train like the compiled "
-                "one (benchmarks/RESULTS.md, 2026-12-04); set one of them to auto or off"
-            )
-    return (value != "off" and compile_ != "on" and device.type == "cuda"
-            and world_size == 1)
 
 
 def _try_compile(module: torch.nn.Module) -> Callable[..., torch.Tensor]:

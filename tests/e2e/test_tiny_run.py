@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 
 import numpy as np
 import pandas as pd
@@ -124,3 +125,19 @@ def test_evaluate_without_a_model_names_the_command_to_run(tmp_path):
     run_session(project, pipeline_names=["ingest"])
     with pytest.raises(MissingInputsError, match=r"vae_model.*kedro run --pipeline train"):
         run_session(project, pipeline_names=["evaluate"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"evaluate": {"n_samples": 2}}, "it is now train.scoring.n_samples (read by the train"),
+        ({"train": {"scoring": {"n_samples": 2}}}, "it is read by the train pipeline"),
+        ({"score": {"heatmaps": False}}, "it is read by the score pipeline"),
+    ],
+)
+def test_evaluate_refuses_parameters_it_does_not_read_before_any_node(tiny_project, overrides,
+                                                                      expected):
+    from oct_vae.params import ParameterError
+
+    with pytest.raises(ParameterError, match=re.escape(expected)):
+        run_session(tiny_project.path, pipeline_names=["evaluate"], runtime_params=overrides)

@@ -19,6 +19,10 @@ from oct_vae.pipelines.evaluate.nodes import build_statistical_report, score_rea
 from oct_vae.pipelines.train.nodes import calibrate_model, train_vae
 from oct_vae.report import REAL_DATASET, TEST_DATASET
 
+# train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
+SCORING = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 2.0,
+           "filtered_top_k_percent": 5.0}
+
 # The real Kermany samples (kermany-sample: 32 scans, kermany-sample-2: 27), outside the
 # repository; real_scans' default folder. Tests that need them skip when they are absent.
 REAL_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -42,7 +46,7 @@ def tiny_model_and_data():
     test = rng.integers(0, 255, (16, 128, 128), dtype=np.uint8)
     ckpt, history, metrics = train_vae(train, val, TRAIN, seed=0, device="cpu", run_info=RUN)
     assert len(history) == 1 and set(metrics) >= {"train_total", "val_total"}
-    model, network = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
+    model, network = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
     # the bare network for MLflow holds the calibrated checkpoint's weights, in eval mode
     assert not network.training
     for key, value in model["state_dict"].items():
@@ -90,7 +94,8 @@ def run_evaluate(tiny_model_and_data, real_folder: Path, out: Path) -> dict:
             "params:device": MemoryDataset("cpu"),
             "params:seed": MemoryDataset(0),
             "params:evaluate.n_bootstrap": MemoryDataset(20),
-            "params:evaluate.specificity": MemoryDataset(0.9),
+            "params:score.specificity": MemoryDataset(0.9),
+            "params:score.flag_score": MemoryDataset("reconstruction"),
             "params:evaluate.n_examples": MemoryDataset(9),
             "params:ingest.max_image_pixels": MemoryDataset(40_000_000),
             "params:ingest.workers": MemoryDataset(1),
@@ -189,8 +194,8 @@ def test_operating_threshold_never_reads_test_labels(tiny_model_and_data):
     scores = score_test_set(model, test, manifest, "cpu")
     shuffled = scores.copy()
     shuffled["label"] = np.random.default_rng(1).permutation(scores["label"].to_numpy())
-    a, _ = build_statistical_report(scores, model, 10, 0.95, 0, RUN)
-    b, _ = build_statistical_report(shuffled, model, 10, 0.95, 0, RUN)
+    a, _ = build_statistical_report(scores, model, 10, 0.95, "reconstruction", 0, RUN)
+    b, _ = build_statistical_report(shuffled, model, 10, 0.95, "reconstruction", 0, RUN)
     np.testing.assert_array_equal(a["threshold"], b["threshold"])
     val_recon = model["calibration"]["reconstruction"].numpy()
     rec = a[a["score_key"] == "reconstruction"]["threshold"].iloc[0]

@@ -34,6 +34,10 @@ from oct_vae.pipelines.train.nodes import calibrate_model
 from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, reconstruct
 from oct_vae.training import TrainConfig
 
+# train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
+SCORING = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 2.0,
+           "filtered_top_k_percent": 5.0}
+
 # MatplotlibDataset at dpi 110 of plots.heatmap_figure's 9 x 3.2 inch figure.
 HEATMAP_PNG_SIZE = (990, 352)
 MAX_PIXELS = 40_000_000
@@ -54,7 +58,7 @@ def vae_model() -> dict:
     val = rng.integers(0, 255, (20, 128, 128), dtype=np.uint8)
     meta = {"data_fingerprint": data_fingerprint(train, val), "image_size": 128}
     ckpt = make_checkpoint(VAE(config), config, TrainConfig(seed=0, device="cpu"), meta)
-    calibrated, _ = calibrate_model(ckpt, train, val, 2, 8, 5.0, 2.0, 5.0, 0, "cpu")
+    calibrated, _ = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
     return calibrated
 
 

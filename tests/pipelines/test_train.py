@@ -22,8 +22,9 @@ def test_train_pipeline_runs_on_an_in_memory_catalog(tmp_path):
     val = rng.integers(0, 255, (8, 32, 32), dtype=np.uint8)
     params = {"width": 2, "latent_dim": 8, "n_blocks": 3, "epochs": 2, "batch_size": 8,
               "checkpoint_dir": "ckpt", "resume": False, "progress": False, "amp": "off"}
-    evaluate = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 1.0,
-                "filtered_top_k_percent": 1.0}
+    scoring = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 1.0,
+               "filtered_top_k_percent": 1.0}
+    params["scoring"] = scoring  # as in conf: train.scoring lives in params:train
     catalog = DataCatalog({
         "train_images": MemoryDataset(train),
         "val_images": MemoryDataset(val),
@@ -31,7 +32,7 @@ def test_train_pipeline_runs_on_an_in_memory_catalog(tmp_path):
         "params:train": MemoryDataset(params),
         "params:seed": MemoryDataset(0),
         "params:device": MemoryDataset("cpu"),
-        **{f"params:evaluate.{k}": MemoryDataset(v) for k, v in evaluate.items()},
+        "params:train.scoring": MemoryDataset(scoring),
     })
     out = SequentialRunner().run(create_pipeline(), catalog)
     loaded = {k: (v.load() if hasattr(v, "load") else v) for k, v in out.items()}

@@ -207,6 +207,7 @@ def build_statistical_report(
     vae_model: dict[str, Any],
     n_bootstrap: int,
     specificity: float,
+    flag_score: str,
     seed: int,
     run_info: dict[str, Any],
     real_scan_scores: pd.DataFrame | None = None,
@@ -217,7 +218,9 @@ def build_statistical_report(
     (``oct_vae.report.build_report``).
 
     The operating threshold of each score is the ``specificity`` quantile of the validation
-    normals' scores stored in ``vae_model``; test labels and real scans never touch it.
+    normals' scores stored in ``vae_model`` (``score.specificity``, the one operating point);
+    test labels and real scans never touch it. ``flag_score`` (``score.flag_score``) is
+    named and marked.
 
     Returns:
         ``auc_report`` (the long table) and ``auc_report_markdown``.
@@ -225,7 +228,8 @@ def build_statistical_report(
     calibration = {k: v.numpy() for k, v in vae_model["calibration"].items()}
     provenance = report.provenance(vae_model, run_info)
     table, markdown = report.build_report(
-        test_scores, calibration, n_bootstrap, specificity, seed, provenance, real_scan_scores
+        test_scores, calibration, n_bootstrap, specificity, seed, provenance, real_scan_scores,
+        flag_score,
     )
     log.info("Extended results:\n%s", markdown)
     return table, markdown

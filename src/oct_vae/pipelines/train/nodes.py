@@ -16,7 +16,7 @@ from oct_vae.checkpoint import load_model
 from oct_vae.detector import calibrate_checkpoint
 from oct_vae.device import resolve_device
 from oct_vae.model import VAE, VAEConfig
-from oct_vae.params import MODEL_KEYS, TRAIN_KEYS
+from oct_vae.params import MODEL_KEYS, SCORING_KEY, TRAIN_KEYS
 from oct_vae.scores import ScoreConfig
 from oct_vae.training import TrainConfig
 
@@ -32,7 +32,7 @@ def split_train_params(
     Raises:
         ValueError: On a key that neither config knows (a typo in parameters_train.yml).
     """
-    unknown = set(params) - set(MODEL_KEYS) - set(TRAIN_KEYS)
+    unknown = set(params) - set(MODEL_KEYS) - set(TRAIN_KEYS) - {SCORING_KEY}
     if unknown:
         raise ValueError(
             f"Unknown train parameter(s) {sorted(unknown)}; "
@@ -132,13 +132,11 @@ def train_vae(
         for col in history.columns
         if col != "epoch"
     }
-    # The fast path this run trained with (oct_vae.autotune) and the step times it measured.
+    # The fast path this run trained with (oct_vae.fast_path).
     fast = meta.get("fast_path", {})
-    for name, ms in fast.get("step_ms", {}).items():
-        metrics[f"autotune_step_ms_{name}"] = [{"value": float(ms), "step": 0}]
     for key in ("amp", "channels_last", "compile", "cuda_graph"):
         if key in fast:
-            name = "autotune_amp_bf16" if key == "amp" else f"autotune_{key}"
+            name = "fast_path_amp_bf16" if key == "amp" else f"fast_path_{key}"
             metrics[name] = [{"value": float(fast[key]), "step": 0}]
     return result.checkpoint, history, metrics
 
@@ -147,11 +145,7 @@ def calibrate_model(
     checkpoint: dict[str, Any],
     train_images: np.ndarray,
     val_images: np.ndarray,
-    n_samples: int,
-    batch_size: int,
-    top_k_percent: float,
-    residual_sigma: float,
-    filtered_top_k_percent: float,
+    scoring: dict[str, Any],
     seed: int,
     device: str,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
@@ -159,20 +153,16 @@ def calibrate_model(
     image, the latent Gaussian of the training normals, and every score of the validation
     normals (for percentiles and operating thresholds).
 
+    Args:
+        scoring: ``train.scoring`` (L, batch size, k, the filter), stored in the checkpoint.
+
     Returns:
         The calibrated checkpoint (``vae_model``) and the bare network for MLflow's
         PyTorch flavour.
     """
     tc = checkpoint["train_config"]
     score_config = ScoreConfig(
-        n_samples=n_samples,
-        batch_size=batch_size,
-        likelihood=tc["likelihood"],
-        gaussian_sigma=tc["gaussian_sigma"],
-        top_k_percent=top_k_percent,
-        residual_sigma=residual_sigma,
-        filtered_top_k_percent=filtered_top_k_percent,
-        seed=seed,
+        **scoring, likelihood=tc["likelihood"], gaussian_sigma=tc["gaussian_sigma"], seed=seed
     )
     calibrated = calibrate_checkpoint(
         checkpoint, train_images, val_images, score_config, resolve_device(device)
