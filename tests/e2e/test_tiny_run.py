@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -141,3 +143,21 @@ def test_evaluate_refuses_parameters_it_does_not_read_before_any_node(tiny_proje
 
     with pytest.raises(ParameterError, match=re.escape(expected)):
         run_session(tiny_project.path, pipeline_names=["evaluate"], runtime_params=overrides)
+
+
+def test_a_run_beside_a_cpu_heavy_process_gives_the_same_auc_table(tiny_project, tmp_path):
+    """The numbers of a run do not depend on how busy the machine is: no setting that
+    changes them is timed (oct_vae.fast_path). A second full tiny run, from scratch, with a
+    busy-looping process beside it, must give the first run's AUC table."""
+    project = copy_project(tmp_path / "loaded")
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        run_session(project)
+    finally:
+        burner.kill()
+        burner.wait()
+    first = sorted(glob.glob(str(tiny_project.path / "data/08_reporting/auc_table.csv/*")))[0]
+    quiet = pd.read_csv(f"{first}/auc_table.csv").set_index("score")
+    (table,) = glob.glob(str(project / "data/08_reporting/auc_table.csv/*/auc_table.csv"))
+    loaded = pd.read_csv(table)
+    pd.testing.assert_frame_equal(quiet.round(3), loaded.set_index("score").round(3))
