@@ -30,7 +30,7 @@ def test_of_several_qualified_challengers_the_highest_real_lower_end_wins():
 
 def test_the_level_is_bonferroni_over_the_seven_challengers():
     assert len(CHALLENGERS) == 7 and DEFAULT not in CHALLENGERS
-    assert ALPHA == pytest.approx(0.05 / 7)
+    assert pytest.approx(0.05 / 7) == ALPHA
 
 
 def test_wilson_interval_matches_a_textbook_value():

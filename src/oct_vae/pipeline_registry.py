@@ -7,7 +7,6 @@ from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
 import oct_vae.pipelines
-
 from oct_vae.pipelines.inference import bind_to_training
 
 # Order of the default run: each pipeline consumes what the previous one produced.

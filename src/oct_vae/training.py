@@ -337,7 +337,7 @@ class Trainer:
     # ------------------------------------------------------------------- set-up
     def _build_model(self, train_images: np.ndarray) -> VAE:
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks each conv's kernel once
+            torch.backends.cudnn.benchmark = True  # fixed shapes: each conv's kernel chosen once
         torch.manual_seed(self.config.seed)
         model = VAE(self.model_config).to(self.device)
         # Decoder starts at the training set's mean grey level (see VAE.init_output_bias).
