@@ -7,12 +7,12 @@ Run from the repository root:
 
 Part 1 writes ``--n`` Kermany-sized phantom JPEGs (3/4 512x496, 1/4 768x496) and times,
 in the same run, a naive decode (full-size decode, ``convert("L")``, Lanczos resize) against
-``oct_vae.imaging.load_scan`` (DCT-scaled JPEG decode, then Lanczos) on one core, then
-``oct_vae.imaging.decode_scans`` over 1..all cores. Part 2 (``--full-scale``) builds a
+``oct_vae.data.imaging.load_scan`` (DCT-scaled JPEG decode, then Lanczos) on one core, then
+``oct_vae.data.imaging.decode_scans`` over 1..all cores. Part 2 (``--full-scale``) builds a
 folder shaped like OCT2017 (26,565 unique normal scans; 37,455 CNV, 11,598 DME and 8,866
 DRUSEN files, hard links to a few hundred distinct images) and runs the ingest pipeline on
 it in a child process, reporting its wall time and peak RSS. To keep the set-up short,
-``--bases`` distinct B-scans are rendered with ``oct_vae.phantom.scan_image`` and every file
+``--bases`` distinct B-scans are rendered with ``oct_vae.data.phantom.scan_image`` and every file
 is a randomly shifted, brightness-jittered copy of one, re-encoded (so each file is unique).
 
 Prints a table and writes JSON to ``benchmarks/out/``.
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oct_vae.imaging import decode_scans, load_scan, resolve_workers
-from oct_vae.kermany import CLASSES
-from oct_vae.phantom import PhantomConfig, scan_image
+from oct_vae.data.imaging import decode_scans, load_scan, resolve_workers
+from oct_vae.data.kermany import CLASSES
+from oct_vae.data.phantom import PhantomConfig, scan_image
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 # OCT2017 (Kermany et al. 2018): files per class, train + test.

@@ -78,7 +78,7 @@ def machine() -> str:
 
 
 def make_phantom(workers: int) -> dict:
-    from oct_vae.phantom import PhantomConfig, generate_phantom
+    from oct_vae.data.phantom import PhantomConfig, generate_phantom
 
     start = time.perf_counter()
     summary = generate_phantom(PHANTOM_DIR, PhantomConfig(**PHANTOM), workers=workers)
@@ -94,12 +94,12 @@ def make_model() -> None:
     import torch
     import yaml
 
-    from oct_vae.checkpoint import make_checkpoint
-    from oct_vae.imaging import decode_scans
-    from oct_vae.lineage import data_fingerprint
-    from oct_vae.model import VAE, VAEConfig
+    from oct_vae.data.imaging import decode_scans
+    from oct_vae.data.lineage import data_fingerprint
     from oct_vae.pipelines.train.nodes import calibrate_model
-    from oct_vae.training import TrainConfig
+    from oct_vae.training.trainer import TrainConfig
+    from oct_vae.vae.checkpoint import make_checkpoint
+    from oct_vae.vae.model import VAE, VAEConfig
 
     train = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]
     normals = sorted(str(p) for p in (PHANTOM_DIR / "train" / "NORMAL").rglob("*.jpeg"))[:256]
@@ -167,8 +167,8 @@ def old_node():
         ).stdout
         # resolve_device has moved since; the same function.
         source = source.replace(
-            "from oct_vae.training import resolve_device",
-            "from oct_vae.device import resolve_device",
+            "from oct_vae.training.trainer import resolve_device",
+            "from oct_vae.training.device import resolve_device",
         )
         module = types.ModuleType(name)
         module.__dict__["__name__"] = name
@@ -176,7 +176,7 @@ def old_node():
         exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - the project's own code
         return module
 
-    old_serving = load("src/oct_vae/serving.py", "old_serving")
+    old_serving = load("src/oct_vae/serving/scoring.py", "old_serving")
     old_nodes = load("src/oct_vae/pipelines/score/nodes.py", "old_score_nodes")
     old_nodes.serving = old_serving
     return old_nodes.score_scans

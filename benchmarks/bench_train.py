@@ -15,7 +15,7 @@ slows both alike:
   ``DataLoader``, no autocast, default ``Adam``, ``model(x)`` + BCE + KL, ``loss.item()``
   every step, cuDNN autotuning off (its default).
 * ``project``: ``Trainer._train_epoch``, the code the Kedro train node runs, with the
-  ``TrainConfig`` defaults for the device (``oct_vae.fast_path``: on CUDA bf16 autocast,
+  ``TrainConfig`` defaults for the device (``oct_vae.training.fast_path``: on CUDA bf16 autocast,
   channels-last, fused Adam and the whole step replayed as a CUDA graph; float32 on CPUs).
 
 Reported per loop: images/s (median epoch), the projection to 40 epochs x 25,236 images
@@ -56,11 +56,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from oct_vae.device import device_label, resolve_device
-from oct_vae.losses import negative_elbo
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.phantom import layered_scans
-from oct_vae.training import TrainConfig, Trainer, to_float_batch
+from oct_vae.data.phantom import layered_scans
+from oct_vae.training.device import device_label, resolve_device
+from oct_vae.training.trainer import TrainConfig, Trainer, to_float_batch
+from oct_vae.vae.losses import negative_elbo
+from oct_vae.vae.model import VAE, VAEConfig
 
 PAPER_IMAGES = 25_236  # training normals of the paper (Kermany 2018 minus held-out scans)
 PAPER_EPOCHS = 40
@@ -233,7 +233,7 @@ def _project_variants(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     for graph_name, graph in graphs:
         for compile_name, compile_ in compiles:
             if graph == "on" and compile_ == "on":
-                continue  # not combined by the product (oct_vae.fast_path.graph_choice)
+                continue  # not combined by the product (oct_vae.training.fast_path.graph_choice)
             name = "_".join(p for p in ("project", compile_name, graph_name) if p)
             rows.append((name, compile_, graph))
     return rows
@@ -299,7 +299,7 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
 
 def loop_graph(config: TrainConfig, device: torch.device) -> bool:
     """Whether a one-process loop with ``config`` replays a CUDA graph."""
-    from oct_vae.fast_path import graph_choice
+    from oct_vae.training.fast_path import graph_choice
 
     return graph_choice(config.cuda_graph, config.compile, device, 1)
 
@@ -510,7 +510,7 @@ def phantom_normals(n_train: int, n_val: int, size: int = 128) -> tuple[np.ndarr
     """Healthy phantom B-scans resized to ``size``; validation patients are disjoint."""
     from PIL import Image
 
-    from oct_vae.phantom import PhantomConfig, scan_image
+    from oct_vae.data.phantom import PhantomConfig, scan_image
 
     config = PhantomConfig()
 

@@ -20,7 +20,7 @@ Steps, in order (each uses the values fitted before it):
 
 Usage:
     python benchmarks/fit_phantom.py [--real DIR ...] [--seeds 0 1]
-Prints the fitted constants last, as they are written in ``src/oct_vae/phantom.py``.
+Prints the fitted constants last, as they are written in ``src/oct_vae/data/phantom.py``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from realism import DEFAULT_REAL, load_real  # noqa: E402
 
-from oct_vae import phantom as ph  # noqa: E402
-from oct_vae import realism as R  # noqa: E402
+from benchmarks import realism_classifiers as R  # noqa: E402
+from oct_vae.data import phantom as ph  # noqa: E402
 
 EDGES = np.arange(0, 257, 8)
 KNOTS_IN = (0, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 255)

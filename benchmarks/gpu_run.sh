@@ -59,7 +59,7 @@ want() { [[ " $STEPS " == *" $1 "* ]]; }
 bench() {  # bench <limit s> <name> <args...>: bench_train.py with its log and JSON in $OUT
     local limit=$1 name=$2; shift 2
     timeout "$(left "$limit")" "$PY" benchmarks/bench_train.py --device "$DEVICE" --out "$OUT/$name.json" \
-        "$@" "${EXTRA[@]}" 2>&1 | grep -v "oct_vae.training: epoch" | tee "$OUT/$name.log"
+        "$@" "${EXTRA[@]}" 2>&1 | grep -v "oct_vae.training.trainer: epoch" | tee "$OUT/$name.log"
     echo "exit ${PIPESTATUS[0]}"
 }
 
@@ -115,7 +115,7 @@ if "$PY" -c "import kedro, kedro_mlflow" 2>/dev/null; then
     t0=$(date +%s)
     timeout "$(left "${T_TREE:-60}")" "$PY" -c "
 import sys
-from oct_vae.phantom import PhantomConfig, generate_phantom
+from oct_vae.data.phantom import PhantomConfig, generate_phantom
 s = generate_phantom(sys.argv[1], PhantomConfig(n_normal_patients=int(sys.argv[2]),
     n_patients_per_disease=int(sys.argv[3]), seed=2024), workers=0 or __import__('os').cpu_count())
 print({k: s[k] for k in ('n_files', 'seconds', 'reused')}, s.get('counts'))
@@ -127,7 +127,7 @@ print({k: s[k] for k in ('n_files', 'seconds', 'reused')}, s.get('counts'))
     echo "exit $?; kedro run: $(( $(date +%s) - t0 )) s"
     grep -E "trained|Completed|Running node|ERROR|Error|fast path|CUDA graph|Reconstruction" \
         "$OUT/kedro_kermany.log" | cut -c1-220 | tail -n 60
-    grep -E "oct_vae.training: epoch" "$OUT/kedro_kermany.log" | cut -c1-200 | tail -n 3
+    grep -E "oct_vae.training.trainer: epoch" "$OUT/kedro_kermany.log" | cut -c1-200 | tail -n 3
 else
     stamp "4b. no kedro here: Trainer.fit, 40 epochs x 25,236 images, batch 64, compiled + graph"
     bench "${T_FIT:-120}" fit_b64 --batch-size 64 \

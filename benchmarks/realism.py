@@ -28,9 +28,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
-from oct_vae import realism as R  # noqa: E402
-from oct_vae.kermany import CLASSES  # noqa: E402
+from benchmarks import realism_classifiers as R  # noqa: E402
+from oct_vae.data.kermany import CLASSES  # noqa: E402
 
 DEFAULT_REAL = [ROOT.parent / "shared" / "data" / "kermany-sample",
                 ROOT.parent / "shared" / "data" / "kermany-sample-2"]
@@ -118,7 +119,7 @@ def transfer(ckpt: Path, real: R.ScanSet) -> dict:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from oct_vae.detector import AnomalyDetector
+    from oct_vae.vae.detector import AnomalyDetector
 
     state = torch.load(ckpt, weights_only=True, map_location="cpu")
     det = AnomalyDetector(state)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, per in res.items():
             print(f"{name:28s} " + " ".join(f"{d} {v:.2f}" for d, v in per.items()))
         return res
-    from oct_vae.phantom import FORMAT_VERSION
+    from oct_vae.data.phantom import FORMAT_VERSION
 
     counts = {c: int(round(args.ratio * n)) for c, n in real.counts().items()}
     draws, first = [], None

@@ -24,8 +24,8 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from oct_vae.kermany import CLASSES  # noqa: E402
-from oct_vae.phantom import PhantomConfig, render_bscan, sample_anatomy  # noqa: E402
+from oct_vae.data.kermany import CLASSES  # noqa: E402
+from oct_vae.data.phantom import PhantomConfig, render_bscan, sample_anatomy  # noqa: E402
 
 MODEL_SIZE = (128, 128)
 

@@ -50,7 +50,7 @@ for extra in (ROOT, ROOT / "scripts", ROOT / "benchmarks"):
         sys.path.insert(0, str(extra))
 import select_score_settings as S  # noqa: E402
 
-from oct_vae.scores import BASELINE_SCORES as BASELINES  # noqa: E402
+from oct_vae.vae.scores import BASELINE_SCORES as BASELINES  # noqa: E402
 
 
 def candidates(train: dict[str, object]) -> dict[str, dict[str, object]]:
@@ -93,7 +93,7 @@ def run_candidate(project: Path, overrides: dict[str, object], empty: Path) -> f
 
 def auc_table(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
     """Image-level AUC per disease (vs NORMAL) and ``All`` for every score."""
-    from oct_vae.evaluation import PAPER_COLUMNS, group_auc
+    from oct_vae.evaluation.metrics import PAPER_COLUMNS, group_auc
 
     return {name: {col: float(group_auc(labels, np.asarray(s, np.float64), col))
                    for col in PAPER_COLUMNS} for name, s in scores.items()}
@@ -101,7 +101,7 @@ def auc_table(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, di
 
 def dev_result(checkpoint: dict, images: np.ndarray, labels: np.ndarray) -> dict:
     """Development-split AUCs of every detector score and of the filtered top-k grid."""
-    from oct_vae.detector import AnomalyDetector
+    from oct_vae.vae.detector import AnomalyDetector
 
     scores = AnomalyDetector(checkpoint, "cpu").score(images)
     return {"scores": auc_table(scores, labels), "grid": S.grid_search(checkpoint, images, labels)}
@@ -139,7 +139,7 @@ def real_check(models: dict[str, dict[int, Path]], real_folders: list[Path],
     import realism as B
     import torch
 
-    from oct_vae.detector import AnomalyDetector
+    from oct_vae.vae.detector import AnomalyDetector
 
     real = B.load_real(real_folders)
     images, labels = np.stack(real.small), np.array(real.labels)
@@ -171,8 +171,8 @@ def paired_differences(vectors: dict[str, np.ndarray], labels: np.ndarray, patie
                        choice: dict, n_resamples: int = 2000) -> dict[str, dict]:
     """Real-scan ``All`` AUC of each choice minus each alternative: the difference of the
     seed-averaged AUCs, with a 95 % percentile interval over the same patient-level
-    resamples (``oct_vae.evaluation.bootstrap_auc_draws``) for both sides."""
-    from oct_vae.evaluation import bootstrap_auc_draws, interval
+    resamples (``oct_vae.evaluation.metrics.bootstrap_auc_draws``) for both sides."""
+    from oct_vae.evaluation.metrics import bootstrap_auc_draws, interval
 
     draws = bootstrap_auc_draws(labels, patients, vectors, ["All"], n_resamples, seed=0)
     seeds = sorted({k.split("|")[1] for k in vectors})
@@ -200,7 +200,7 @@ def paired_differences(vectors: dict[str, np.ndarray], labels: np.ndarray, patie
 
 
 def group_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from oct_vae.evaluation import group_auc as auc
+    from oct_vae.evaluation.metrics import group_auc as auc
 
     return float(auc(labels, np.asarray(scores, np.float64), "All"))
 
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if S.BASE_PHANTOM_SEED in args.seeds:
         parser.error(f"seed {S.BASE_PHANTOM_SEED} is the reported phantom: choose another one")
-    from oct_vae.phantom import FORMAT_VERSION
+    from oct_vae.data.phantom import FORMAT_VERSION
     from tests.helpers.project import base_flag_score
 
     flag_score = base_flag_score()

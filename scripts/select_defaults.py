@@ -84,7 +84,7 @@ def paired(scores: Mapping[str, Mapping[str, np.ndarray]], labels: Mapping[str, 
         labels, patients: ``{key: per-scan labels / patient ids}`` (the same arrays for
             every key when the keys are models scoring one set).
     """
-    from oct_vae.evaluation import bootstrap_auc_draws, group_auc, interval
+    from oct_vae.evaluation.metrics import bootstrap_auc_draws, group_auc, interval
 
     diffs: dict[str, list[np.ndarray]] = {c: [] for c in CHALLENGERS}
     points: dict[str, list[float]] = {c: [] for c in CHALLENGERS}
@@ -127,7 +127,7 @@ def development(seeds: tuple[int, ...], workdir: Path, empty: Path) -> dict[str,
     import recheck_choices as R
     import torch
 
-    from oct_vae.detector import AnomalyDetector
+    from oct_vae.vae.detector import AnomalyDetector
 
     out: dict[str, object] = {"scores": {}, "labels": {}, "patients": {}, "models": {},
                               "seconds": {}}
@@ -159,7 +159,7 @@ def real_look(models: Mapping[int, Path], folders: list[Path]) -> dict[str, obje
     import realism as B
     import torch
 
-    from oct_vae.detector import AnomalyDetector
+    from oct_vae.vae.detector import AnomalyDetector
 
     real = B.load_real(folders)
     images, labels = np.stack(real.small), np.array(real.labels)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--resamples", type=int, default=2000)
     args = p.parse_args(argv)
-    from oct_vae.evaluation import group_auc
+    from oct_vae.evaluation.metrics import group_auc
 
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="oct-vae-select-"))

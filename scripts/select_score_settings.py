@@ -98,9 +98,9 @@ def grid_search(
     checkpoint: dict, images: np.ndarray, labels: np.ndarray
 ) -> list[dict[str, float]]:
     """All-column and per-disease AUC of the filtered top-k residual for every grid point."""
-    from oct_vae.detector import AnomalyDetector
-    from oct_vae.evaluation import PAPER_COLUMNS, group_auc
-    from oct_vae.scores import filtered_residual, reconstruct
+    from oct_vae.evaluation.metrics import PAPER_COLUMNS, group_auc
+    from oct_vae.vae.detector import AnomalyDetector
+    from oct_vae.vae.scores import filtered_residual, reconstruct
 
     detector = AnomalyDetector(checkpoint, "cpu")
     recon, _ = reconstruct(detector.model, images, detector.score_config, detector.device)

@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from oct_vae.phantom import PhantomConfig, generate_phantom  # noqa: E402
+from oct_vae.data.phantom import PhantomConfig, generate_phantom  # noqa: E402
 
 # A phantom small enough to generate in about two seconds: 24 normal patients (~90 scans)
 # and 6 patients (~20 scans) per disease, enough for a 20/10/10/10 test set.

@@ -14,8 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench_train as bench
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.phantom import layered_scans
+from oct_vae.data.phantom import layered_scans
+from oct_vae.vae.model import VAE, VAEConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

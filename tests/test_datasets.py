@@ -14,7 +14,7 @@ import fsspec
 import fsspec.implementations.local as fsspec_local
 import matplotlib
 
-matplotlib.use("Agg")  # before pyplot, as oct_vae.plots does
+matplotlib.use("Agg")  # before pyplot, as oct_vae.evaluation.plots does
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,7 +37,7 @@ from oct_vae.datasets import (  # noqa: E402
     NpyDataset,
     TorchCheckpointDataset,
 )
-from oct_vae.fileio import FAIL_WRITE_ENV, sweep_stale_temp_files  # noqa: E402
+from oct_vae.framework.fileio import FAIL_WRITE_ENV, sweep_stale_temp_files  # noqa: E402
 from tests.test_fileio import run_killed, temp_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from oct_vae.checkpoint import make_checkpoint
-from oct_vae.detector import AnomalyDetector, calibrate_checkpoint, operating_threshold
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.scores import ScoreConfig
-from oct_vae.training import TrainConfig
+from oct_vae.training.trainer import TrainConfig
+from oct_vae.vae.checkpoint import make_checkpoint
+from oct_vae.vae.detector import AnomalyDetector, calibrate_checkpoint, operating_threshold
+from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.scores import ScoreConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

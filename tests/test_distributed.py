@@ -13,12 +13,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from oct_vae.batchnorm import GlobalBatchNorm2d, sync_batchnorm
-from oct_vae.distributed import is_main_process, launched_by_torchrun, resolve_devices
-from oct_vae.distributed import train as train_vae
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.phantom import layered_scans
-from oct_vae.training import TrainConfig, Trainer
+from oct_vae.data.phantom import layered_scans
+from oct_vae.training.batchnorm import GlobalBatchNorm2d, sync_batchnorm
+from oct_vae.training.distributed import is_main_process, launched_by_torchrun, resolve_devices
+from oct_vae.training.distributed import train as train_vae
+from oct_vae.training.trainer import TrainConfig, Trainer
+from oct_vae.vae.model import VAE, VAEConfig
 from tests.helpers.project import free_port
 
 MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)

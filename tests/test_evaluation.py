@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from oct_vae.detector import operating_threshold
-from oct_vae.evaluation import (
+from oct_vae.evaluation.metrics import (
     auc_table,
     bootstrap_auc,
     group_auc,
@@ -12,6 +11,7 @@ from oct_vae.evaluation import (
     rank_auc,
     sensitivity_at_threshold,
 )
+from oct_vae.vae.detector import operating_threshold
 
 
 def _test_set(n_norm=40, n_dis=20, shift=1.0, seed=0, per_patient=2):

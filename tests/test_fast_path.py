@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from oct_vae.distributed import train as train_vae
-from oct_vae.model import VAEConfig
-from oct_vae.phantom import layered_scans
-from oct_vae.training import NonFiniteLossError, TrainConfig, Trainer
+from oct_vae.data.phantom import layered_scans
+from oct_vae.training.distributed import train as train_vae
+from oct_vae.training.trainer import NonFiniteLossError, TrainConfig, Trainer
+from oct_vae.vae.model import VAEConfig
 
 MODEL = VAEConfig(image_size=32, width=8, latent_dim=16, n_blocks=3)
 
@@ -62,7 +62,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_result(data, monkeypa
         return fails
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    with caplog.at_level(logging.WARNING, logger="oct_vae.training"):
+    with caplog.at_level(logging.WARNING, logger="oct_vae.training.trainer"):
         fallback = train_vae(train, val, MODEL, _cfg(compile="on"))
     assert "training eagerly" in caplog.text
     assert _max_diff(eager.checkpoint["state_dict"], fallback.checkpoint["state_dict"]) == 0

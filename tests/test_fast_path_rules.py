@@ -1,5 +1,5 @@
 """``auto`` fast-path settings decided by rule: the rules, explicit values, the record in the
-checkpoint and metrics, and resume (``oct_vae.fast_path``)."""
+checkpoint and metrics, and resume (``oct_vae.training.fast_path``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from oct_vae import fast_path
-from oct_vae.distributed import train as train_vae
-from oct_vae.fast_path import FastPath
-from oct_vae.model import VAEConfig
-from oct_vae.phantom import layered_scans
+from oct_vae.data.phantom import layered_scans
 from oct_vae.pipelines.train import nodes
-from oct_vae.training import TrainConfig, Trainer
+from oct_vae.training.distributed import train as train_vae
+from oct_vae.training.fast_path import FastPath
+from oct_vae.training.trainer import TrainConfig, Trainer, fast_path
+from oct_vae.vae.model import VAEConfig
 
 MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)
 CPU, GPU, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
@@ -39,7 +38,7 @@ def _cfg(**kw) -> TrainConfig:
 def test_amp_auto_is_float32_on_every_cpu_whatever_its_flags(monkeypatch):
     # A CPU reporting native bf16 (the EPYC, where bf16 was faster, and the Xeon, where it
     # was slower) trains in float32 unless asked: no flag and no stopwatch decides.
-    monkeypatch.setattr("oct_vae.device.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("oct_vae.training.device.cpu_has_native_bf16", lambda: True)
     assert not fast_path.amp_choice("auto", CPU)
     assert fast_path.amp_choice("bf16", CPU) and not fast_path.amp_choice("off", CPU)
     assert not fast_path.amp_choice("bf16", MPS)  # no bf16 autocast there
@@ -83,7 +82,7 @@ def test_choice_is_logged_and_recorded_in_checkpoint_and_metrics(data, tmp_path,
               "lr": 2e-3, "progress": False, "compile": "off", "checkpoint_dir": "ckpt",
               "amp": "bf16"}
     run_info = {"project_root": str(tmp_path), "run_id": "run1"}
-    with caplog.at_level(logging.INFO, logger="oct_vae.training"):
+    with caplog.at_level(logging.INFO, logger="oct_vae.training.trainer"):
         checkpoint, _, metrics = nodes.train_vae(*data, params, 1, "cpu", run_info)
     (line,) = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
     assert "amp=bf16 channels_last=off compile=off cuda_graph=off (rule)" in line
@@ -115,7 +114,7 @@ def test_resume_of_a_checkpoint_without_a_fast_path_uses_the_first_flag_rule(
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     del state["fast_path"]  # written before fast paths were stored
     torch.save(state, tmp_path / "last.pt")
-    monkeypatch.setattr("oct_vae.device.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("oct_vae.training.device.cpu_has_native_bf16", lambda: True)
     old = Trainer(*data, MODEL, _cfg(epochs=2, checkpoint_dir=str(tmp_path), resume=True))
     assert old.fast_path.source == "checkpoint" and old.amp and not old.channels_last
 

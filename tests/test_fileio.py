@@ -1,4 +1,5 @@
-"""oct_vae.fileio: atomic writes, their error messages, fault injection, the stale-file sweep."""
+"""oct_vae.framework.fileio: atomic writes, their error messages, fault injection, the
+stale-file sweep."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from oct_vae import fileio
-from oct_vae.fileio import (
+from oct_vae.framework import fileio
+from oct_vae.framework.fileio import (
     FAIL_WRITE_ENV,
     atomic_write,
     atomic_write_dir,
@@ -167,7 +168,7 @@ def test_an_injected_kill_leaves_only_the_temporary_file_which_the_sweep_removes
     path = tmp_path / "x.bin"
     path.write_bytes(b"old")
     code = (
-        "import sys; from pathlib import Path; from oct_vae.fileio import atomic_write; "
+        "import sys; from pathlib import Path; from oct_vae.framework.fileio import atomic_write; "
         "atomic_write(sys.argv[1], lambda tmp: Path(tmp).write_bytes(b'new' * 1000))"
     )
     run_killed(code, str(path), fail="kill:x.bin")
@@ -223,7 +224,7 @@ def test_atomic_write_dir_appears_whole_or_not_at_all(
 
 _HOLDER = """
 import sys
-from oct_vae.fileio import interprocess_lock
+from oct_vae.framework.fileio import interprocess_lock
 with interprocess_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.readline()
@@ -268,7 +269,7 @@ def test_interprocess_lock_excludes_other_processes_until_released_or_dead(tmp_p
 def test_machine_lock_paths_are_per_kind_project_and_user(tmp_path, monkeypatch):
     import tempfile
 
-    from oct_vae.fileio import machine_lock_path
+    from oct_vae.framework.fileio import machine_lock_path
 
     a = machine_lock_path("session-ids", tmp_path / "p")
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oct_vae import phantom as ph
-from oct_vae import realism as R
+from benchmarks import realism_classifiers as R
+from oct_vae.data import phantom as ph
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -13,13 +13,14 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset, Version
 from kedro.pipeline import Node, Pipeline
 
-from oct_vae import checkpoint, lineage
+from oct_vae.data import lineage
 from oct_vae.datasets import NpyDataset
-from oct_vae.distributed import train as train_vae
-from oct_vae.hooks import check_outputs_writable, pin_versions
-from oct_vae.model import VAEConfig
+from oct_vae.framework.hooks import check_outputs_writable, pin_versions
 from oct_vae.pipelines.train.nodes import checkpoint_folders
-from oct_vae.training import TrainConfig, Trainer
+from oct_vae.training.distributed import train as train_vae
+from oct_vae.training.trainer import TrainConfig, Trainer
+from oct_vae.vae import checkpoint
+from oct_vae.vae.model import VAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""Tests of ``oct_vae.imaging``: decoding, conversion, resizing and rejection of bad input."""
+"""Tests of ``oct_vae.data.imaging``: decoding, conversion, resizing and rejection of bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from oct_vae.imaging import RejectedScan, content_hash, decode_scans, load_scan
+from oct_vae.data.imaging import RejectedScan, content_hash, decode_scans, load_scan
 
 
 def encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None, **kwargs) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests of ``oct_vae.kermany``: file names, folder indexing and the patient-disjoint split."""
+"""Tests of ``oct_vae.data.kermany``: file names, folder indexing and the patient-disjoint split."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from oct_vae.kermany import (
+from oct_vae.data.kermany import (
     OFFICIAL_TEST_EXCLUSION,
     Scan,
     candidates,

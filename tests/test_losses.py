@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oct_vae.losses import kl_divergence, negative_elbo, reconstruction_nll
+from oct_vae.vae.losses import kl_divergence, negative_elbo, reconstruction_nll
 
 
 def test_kl_is_zero_at_the_prior_and_positive_elsewhere():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from oct_vae.model import VAE, VAEConfig, count_parameters
+from oct_vae.vae.model import VAE, VAEConfig, count_parameters
 
 
 def test_paper_architecture_shapes():

@@ -1,5 +1,5 @@
-"""Every parameter is checked before anything runs (``oct_vae.params``) and the Kedro hook
-that does it (``oct_vae.parameter_hook``).
+"""Every parameter is checked before anything runs (``oct_vae.framework.params``) and the Kedro hook
+that does it (``oct_vae.framework.parameter_hook``).
 
 Tests that need ``CheckParametersHook()`` in ``settings.HOOKS`` say so in their name
 (``..._registered_...``) and fail with that advice while it is missing.
@@ -20,15 +20,15 @@ import pytest
 import torch
 from kedro.config import OmegaConfigLoader
 
-from oct_vae import params as P
-from oct_vae.evaluation import ROW_NAMES
-from oct_vae.losses import LIKELIHOODS
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.parameter_hook import CheckParametersHook
-from oct_vae.params import ParameterError, check_parameters, find_problems
-from oct_vae.scores import ScoreConfig, encoder_means, fit_latent_gaussian, score_images
+from oct_vae.evaluation.metrics import ROW_NAMES
+from oct_vae.framework import params as P
+from oct_vae.framework.parameter_hook import CheckParametersHook
+from oct_vae.framework.params import ParameterError, check_parameters, find_problems
 from oct_vae.settings import CONFIG_LOADER_ARGS
-from oct_vae.training import TrainConfig
+from oct_vae.training.trainer import TrainConfig
+from oct_vae.vae.losses import LIKELIHOODS
+from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.scores import ScoreConfig, encoder_means, fit_latent_gaussian, score_images
 from tests.helpers.project import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -543,7 +543,7 @@ def test_kedro_run_with_a_bad_image_size_stops_before_ingest_registered(tmp_path
 
 
 def test_evaluate_reads_what_changes_its_output_and_nothing_else():
-    from oct_vae.parameter_hook import parameter_reads
+    from oct_vae.framework.parameter_hook import parameter_reads
     from oct_vae.pipeline_registry import every_pipeline
 
     reads = parameter_reads(every_pipeline()["evaluate"])
@@ -553,7 +553,7 @@ def test_evaluate_reads_what_changes_its_output_and_nothing_else():
 
 
 def test_every_evaluate_and_score_key_is_read_by_evaluate_or_refused_naming_its_reader(base):
-    from oct_vae.parameter_hook import parameter_reads
+    from oct_vae.framework.parameter_hook import parameter_reads
     from oct_vae.pipeline_registry import every_pipeline
 
     pipelines = every_pipeline()

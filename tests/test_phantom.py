@@ -15,15 +15,15 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from oct_vae import phantom as ph
-from oct_vae.fileio import temp_path
-from oct_vae.phantom import (
+from oct_vae.data import phantom as ph
+from oct_vae.data.phantom import (
     CLASSES,
     PhantomConfig,
     generate_phantom,
     render_bscan,
     sample_anatomy,
 )
+from oct_vae.framework.fileio import temp_path
 from tests.test_fileio import dead_pid
 
 NAME_RE = re.compile(r"^(NORMAL|CNV|DME|DRUSEN)-\d+-\d+\.jpeg$")
@@ -355,7 +355,7 @@ def test_the_display_tone_curve_is_applied(monkeypatch: pytest.MonkeyPatch) -> N
 
 _GENERATE = """
 import json, sys
-from oct_vae.phantom import PhantomConfig, generate_phantom
+from oct_vae.data.phantom import PhantomConfig, generate_phantom
 cfg = PhantomConfig(n_normal_patients=6, n_patients_per_disease=2, scans_per_patient=(1, 2),
                     seed=3)
 print(json.dumps(generate_phantom(sys.argv[1], cfg)["reused"]))

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from oct_vae import plots  # noqa: E402
+from oct_vae.evaluation import plots  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

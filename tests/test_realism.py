@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oct_vae import realism as R
-from oct_vae.kermany import CLASSES
+from benchmarks import realism_classifiers as R
+from oct_vae.data.kermany import CLASSES
 
 
 def _images(rng: np.random.Generator, n: int, level: float, bar: bool = False) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The Model Registry's rules (``oct_vae.registry``): which version becomes ``champion``,
+"""The Model Registry's rules (``oct_vae.framework.registry``): which version becomes ``champion``,
 on a real (SQLite) MLflow Model Registry where the store matters."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from oct_vae import registry
-from oct_vae.registry import Candidate, choose_champion
+from oct_vae.framework import registry
+from oct_vae.framework.registry import Candidate, choose_champion
 
 SPLIT_A = "a" * 40
 SPLIT_B = "b" * 40
@@ -127,7 +127,7 @@ def test_promote_moves_the_alias_and_says_so(client, caplog):
     assert registry.current_champion(client) is None  # no registered model yet
     v1 = _add_version(client, 0.80)
     assert registry.current_champion(client) is None  # a model, no alias
-    caplog.set_level(logging.INFO, logger="oct_vae.registry")
+    caplog.set_level(logging.INFO, logger="oct_vae.framework.registry")
     assert registry.promote(client, "base").version == v1
     v2 = _add_version(client, 0.90)
     _add_version(client, 0.99, SPLIT_B, env="tiny")

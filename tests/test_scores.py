@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from oct_vae.losses import kl_divergence, reconstruction_nll
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.scores import (
+from oct_vae.vae.losses import kl_divergence, reconstruction_nll
+from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.scores import (
     ScoreConfig,
     distance_to_mean_normal,
     filtered_residual,

@@ -1,7 +1,7 @@
-"""Tests of ``oct_vae.serving``: base64 request rows -> images or per-row errors, limits,
+"""Tests of ``oct_vae.serving.scoring``: base64 request rows -> images or per-row errors, limits,
 and one result row per input; and of the served model as the model server runs it (the
 ``inference`` pipeline in kedro-mlflow's ``KedroPipelineModel``, MLflow's scoring app
-hardened by ``oct_vae.serve``), in process."""
+hardened by ``oct_vae.serving.server``), in process."""
 
 from __future__ import annotations
 
@@ -24,17 +24,17 @@ from kedro_datasets.pickle import PickleDataset
 from kedro_mlflow.mlflow import KedroPipelineModel
 from mlflow.exceptions import MlflowException
 
-import oct_vae.checkpoint
-from oct_vae import serving
-from oct_vae.checkpoint import make_checkpoint
-from oct_vae.detector import AnomalyDetector, operating_threshold
-from oct_vae.imaging import RejectedScan, load_scan
-from oct_vae.model import VAE, VAEConfig
+import oct_vae.vae.checkpoint
+from oct_vae.data.imaging import RejectedScan, load_scan
 from oct_vae.pipelines.inference.nodes import score_request
 from oct_vae.pipelines.inference.pipeline import INPUT_NAME, SIGNATURE, bind_to_training
 from oct_vae.pipelines.train.nodes import calibrate_model
-from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
-from oct_vae.training import TrainConfig
+from oct_vae.serving.scoring import scoring as serving
+from oct_vae.training.trainer import TrainConfig
+from oct_vae.vae.checkpoint import make_checkpoint
+from oct_vae.vae.detector import AnomalyDetector, operating_threshold
+from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from tests.test_imaging import encode, png_header_only
 
 # train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
@@ -338,7 +338,7 @@ class _CountingVAE(VAE):
 def test_the_network_is_built_once_per_checkpoint_not_per_request(
     checkpoint, scan_bytes, monkeypatch
 ):
-    monkeypatch.setattr(oct_vae.checkpoint, "VAE", _CountingVAE)
+    monkeypatch.setattr(oct_vae.vae.checkpoint, "VAE", _CountingVAE)
     monkeypatch.setattr(_CountingVAE, "built", 0)
     serving.DETECTORS.clear()
     frame = pd.DataFrame({"image_b64": [b64(scan_bytes), "bad"]})
@@ -419,7 +419,7 @@ def served_model(checkpoint, tmp_path_factory):
 def test_the_served_model_logs_one_line_per_request_and_builds_its_network_once(
     served_model, checkpoint, scan_bytes, caplog, monkeypatch
 ):
-    monkeypatch.setattr(oct_vae.checkpoint, "VAE", _CountingVAE)
+    monkeypatch.setattr(oct_vae.vae.checkpoint, "VAE", _CountingVAE)
     monkeypatch.setattr(_CountingVAE, "built", 0)
     serving.DETECTORS.clear()
     frame = pd.DataFrame({"id": ["a", "b"], "image_b64": [b64(scan_bytes), "bad"]})
@@ -499,7 +499,7 @@ async def _asgi(app, body: bytes, chunk: int | None = None, content_length: bool
 
 @pytest.fixture(scope="module")
 def app(served_model):
-    from oct_vae.serve import build_app
+    from oct_vae.serving.server import build_app
 
     return build_app(served_model)
 
@@ -509,7 +509,7 @@ def _post(app, body: bytes, **kwargs):
 
 
 def test_the_server_reads_the_body_limit_from_the_model(app, served_model):
-    from oct_vae.serve import body_limit, model_max_request_bytes
+    from oct_vae.serving.server import body_limit, model_max_request_bytes
 
     assert model_max_request_bytes(served_model) == MAX_REQUEST_BYTES
     assert app.max_body_bytes == body_limit(MAX_REQUEST_BYTES) == 250_000 + 2**20

@@ -1,12 +1,16 @@
 """Each Kedro run of a project gets its own session id, hence its own save version, even
-when runs start in the same millisecond (oct_vae.session_store)."""
+when runs start in the same millisecond (oct_vae.framework.session_store)."""
 
 import multiprocessing as mp
 from pathlib import Path
 
 from kedro.io.core import generate_timestamp
 
-from oct_vae.session_store import UniqueVersionSessionStore, claim_version, version_state_path
+from oct_vae.framework.session_store import (
+    UniqueVersionSessionStore,
+    claim_version,
+    version_state_path,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STAMP = "2026-11-30T11.15.30.667Z"
@@ -80,7 +84,7 @@ def test_a_state_file_that_cannot_be_opened_leaves_kedros_id_with_a_warning(
 ):
     blocked = tmp_path / "not-a-file"
     blocked.mkdir()  # opening a folder as the state file fails with an OSError
-    monkeypatch.setattr("oct_vae.session_store.version_state_path", lambda key: blocked)
+    monkeypatch.setattr("oct_vae.framework.session_store.version_state_path", lambda key: blocked)
     assert claim_version(tmp_path, STAMP) == STAMP
     assert claim_version(tmp_path, STAMP) == STAMP
     assert "is not checked against other runs" in caplog.text

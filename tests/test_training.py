@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from oct_vae.checkpoint import load_model
-from oct_vae.device import resolve_device
-from oct_vae.distributed import train as train_vae
-from oct_vae.losses import negative_elbo
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.training import NonFiniteLossError, TrainConfig, Trainer, to_float_batch
+from oct_vae.training.device import resolve_device
+from oct_vae.training.distributed import train as train_vae
+from oct_vae.training.trainer import NonFiniteLossError, TrainConfig, Trainer, to_float_batch
+from oct_vae.vae.checkpoint import load_model
+from oct_vae.vae.losses import negative_elbo
+from oct_vae.vae.model import VAE, VAEConfig
 
 MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)
 

@@ -6,7 +6,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 from omegaconf.resolvers import oc
 
-from oct_vae.hooks import (
+from oct_vae.framework.hooks import (
     MainProcessOnlyHook,
     MissingInputsHook,
     MlflowArtifactsHook,
@@ -15,10 +15,10 @@ from oct_vae.hooks import (
     RunIsolationHook,
     ScorerCopyCleanupHook,
 )
-from oct_vae.parameter_hook import CheckParametersHook
-from oct_vae.registry_hook import ModelRegistryHook
-from oct_vae.requirements import pins
-from oct_vae.session_store import UniqueVersionSessionStore
+from oct_vae.framework.parameter_hook import CheckParametersHook
+from oct_vae.framework.registry_hook import ModelRegistryHook
+from oct_vae.framework.requirements import pins
+from oct_vae.framework.session_store import UniqueVersionSessionStore
 
 
 def project_root() -> str:
@@ -46,7 +46,7 @@ HOOKS = (
     CheckParametersHook(),
 )
 # PrivateMlflowHook replaces kedro-mlflow's own hook (same behaviour, no absolute paths and
-# no OS user name recorded; see oct_vae.hooks). Pluggy lists the plugin under this name.
+# no OS user name recorded; see oct_vae.framework.hooks). Pluggy lists the plugin under this name.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 # Kedro's session id is the run's save version, to the millisecond: two runs that start in

@@ -19,7 +19,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from oct_vae.detector import AnomalyDetector
+from oct_vae.vae.detector import AnomalyDetector
 from tests.e2e.conftest import run_session
 from tests.helpers.project import copy_project
 

@@ -23,8 +23,8 @@ from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from oct_vae.hooks import MissingInputsError
-from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
+from oct_vae.framework.hooks import MissingInputsError
+from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from tests.conftest import KERMANY_SAMPLE
 from tests.e2e.conftest import run_session, wait_for_http
 from tests.helpers.project import (

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from oct_vae import registry
-from oct_vae.evaluation import metric_key
+from oct_vae.evaluation.metrics import metric_key
+from oct_vae.framework import registry
 from tests.e2e.conftest import wait_for_http
 from tests.helpers.project import (
     ROOT,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from oct_vae.hooks import MissingInputsError
+from oct_vae.framework.hooks import MissingInputsError
 from tests.e2e.conftest import run_session
 from tests.helpers.project import copy_project
 
@@ -139,7 +139,7 @@ def test_evaluate_without_a_model_names_the_command_to_run(tmp_path):
 )
 def test_evaluate_refuses_parameters_it_does_not_read_before_any_node(tiny_project, overrides,
                                                                       expected):
-    from oct_vae.params import ParameterError
+    from oct_vae.framework.params import ParameterError
 
     with pytest.raises(ParameterError, match=re.escape(expected)):
         run_session(tiny_project.path, pipeline_names=["evaluate"], runtime_params=overrides)
@@ -147,7 +147,7 @@ def test_evaluate_refuses_parameters_it_does_not_read_before_any_node(tiny_proje
 
 def test_a_run_beside_a_cpu_heavy_process_gives_the_same_auc_table(tiny_project, tmp_path):
     """The numbers of a run do not depend on how busy the machine is: no setting that
-    changes them is timed (oct_vae.fast_path). A second full tiny run, from scratch, with a
+    changes them is timed (oct_vae.training.fast_path). A second full tiny run, from scratch, with a
     busy-looping process beside it, must give the first run's AUC table."""
     project = copy_project(tmp_path / "loaded")
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

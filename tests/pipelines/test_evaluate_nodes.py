@@ -9,15 +9,15 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from sklearn.metrics import roc_auc_score
 
+from oct_vae.data.lineage import LineageError, row_hashes
 from oct_vae.datasets import AtomicCSVDataset
 from oct_vae.datasets.optional_scan_folder_dataset import OptionalScanFolderDataset
-from oct_vae.detector import operating_threshold
-from oct_vae.evaluation import GROUPS
-from oct_vae.lineage import LineageError, row_hashes
+from oct_vae.evaluation.metrics import GROUPS
+from oct_vae.evaluation.report import REAL_DATASET, TEST_DATASET
 from oct_vae.pipelines.evaluate import create_pipeline
 from oct_vae.pipelines.evaluate.nodes import build_statistical_report, score_real_scans
 from oct_vae.pipelines.train.nodes import calibrate_model, train_vae
-from oct_vae.report import REAL_DATASET, TEST_DATASET
+from oct_vae.vae.detector import operating_threshold
 
 # train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
 SCORING = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 2.0,

@@ -17,9 +17,9 @@ from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import CSVDataset
 from PIL import Image
 
-from oct_vae import kermany
+from oct_vae.data import kermany
+from oct_vae.data.imaging import load_scan
 from oct_vae.datasets import NpyDataset, ScanFolderDataset
-from oct_vae.imaging import load_scan
 from oct_vae.pipelines.ingest import create_pipeline
 from oct_vae.pipelines.ingest.nodes import MANIFEST_COLUMNS, decode_scans, split_scans
 
@@ -364,7 +364,7 @@ def test_kermany_environment_on_the_real_sample(
 def test_protocol_and_real_dir_are_checked_parameters() -> None:
     from kedro.config import OmegaConfigLoader
 
-    from oct_vae.params import find_problems
+    from oct_vae.framework.params import find_problems
     from oct_vae.settings import CONFIG_LOADER_ARGS
 
     conf = Path(__file__).resolve().parents[2] / "conf"

@@ -18,21 +18,23 @@ from kedro_datasets.partitions import PartitionedDataset
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from oct_vae import imaging, plots, serving
-from oct_vae.checkpoint import make_checkpoint
-from oct_vae.detector import AnomalyDetector, operating_threshold
-from oct_vae.hooks import PRODUCERS
-from oct_vae.imaging import bounded_map, decode_scans, iter_decoded, load_scan
-from oct_vae.lineage import LineageError, data_fingerprint
-from oct_vae.model import VAE, VAEConfig
+from oct_vae.data import imaging
+from oct_vae.data.imaging import bounded_map, decode_scans, iter_decoded, load_scan
+from oct_vae.data.lineage import LineageError, data_fingerprint
+from oct_vae.evaluation import plots
+from oct_vae.framework.hooks import PRODUCERS
 from oct_vae.pipelines.inference.nodes import score_request
 from oct_vae.pipelines.score import create_pipeline
 from oct_vae.pipelines.score import heatmaps as heatmaps_module
 from oct_vae.pipelines.score import nodes as score_nodes
 from oct_vae.pipelines.score.nodes import find_scans, score_scans
 from oct_vae.pipelines.train.nodes import calibrate_model
-from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, reconstruct
-from oct_vae.training import TrainConfig
+from oct_vae.serving.scoring import scoring as serving
+from oct_vae.training.trainer import TrainConfig
+from oct_vae.vae.checkpoint import make_checkpoint
+from oct_vae.vae.detector import AnomalyDetector, operating_threshold
+from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, reconstruct
 
 # train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
 SCORING = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 2.0,

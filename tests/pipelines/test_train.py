@@ -8,9 +8,9 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from oct_vae.detector import AnomalyDetector
-from oct_vae.lineage import data_fingerprint
+from oct_vae.data.lineage import data_fingerprint
 from oct_vae.pipelines.train import create_pipeline
+from oct_vae.vae.detector import AnomalyDetector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RUN_ID = "2026-01-01T00.00.00.000Z"

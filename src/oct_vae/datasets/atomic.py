@@ -6,7 +6,7 @@ and load, preview, version and list versions exactly like them; only ``save`` di
 parent writes straight to the final (versioned) path, so a kill or a full disk mid-write
 leaves a partial file that becomes the "latest" version. Here the data goes to a
 temporary file in the same folder, is fsynced and renamed into place
-(``oct_vae.fileio.atomic_write``): after a failure no file exists under the final name,
+(``oct_vae.framework.fileio.atomic_write``): after a failure no file exists under the final name,
 Kedro (which globs ``<filepath>/*/<name>``) sees no new version, the previous version
 stays the latest, and an emptied version folder is removed.
 
@@ -35,7 +35,7 @@ from kedro_datasets.text import TextDataset
 from matplotlib.figure import Figure
 
 from oct_vae.datasets.versioned import remove_empty_version_dir
-from oct_vae.fileio import atomic_write, atomic_write_dir
+from oct_vae.framework.fileio import atomic_write, atomic_write_dir
 
 
 class _AtomicSave:

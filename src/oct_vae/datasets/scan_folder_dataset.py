@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 from kedro.io.core import AbstractDataset, DatasetError
 
-from oct_vae.imaging import resolve_workers
-from oct_vae.phantom import PhantomConfig, generate_phantom
+from oct_vae.data.imaging import resolve_workers
+from oct_vae.data.phantom import PhantomConfig, generate_phantom
 
 PHANTOM_MANIFEST = "phantom.json"
 
@@ -27,7 +27,7 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     """Lists the files under a folder; read-only.
 
     With ``phantom`` set, the synthetic OCT phantom described by those
-    ``oct_vae.phantom.PhantomConfig`` fields is generated into the folder first (once:
+    ``oct_vae.data.phantom.PhantomConfig`` fields is generated into the folder first (once:
     an identical existing phantom is reused). Without it the folder must hold the real
     dataset.
 

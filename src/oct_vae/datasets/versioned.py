@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.io.core import AbstractVersionedDataset, Version
 
-from oct_vae.fileio import atomic_write
+from oct_vae.framework.fileio import atomic_write
 
 
 class LocalVersionedDataset(AbstractVersionedDataset[Any, Any]):

@@ -1,4 +1,5 @@
-"""Thin Kedro adapters over ``oct_vae.detector``, ``oct_vae.report`` and ``oct_vae.plots``."""
+"""Thin Kedro adapters over ``oct_vae.vae.detector``, ``oct_vae.evaluation.report`` and
+``oct_vae.evaluation.plots``."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from oct_vae import imaging, kermany, lineage, plots, report
-from oct_vae.detector import AnomalyDetector
-from oct_vae.device import resolve_device
-from oct_vae.evaluation import (
+from oct_vae.data import imaging, kermany, lineage
+from oct_vae.evaluation.metrics import (
     PAPER_COLUMNS,
     ROW_NAMES,
     auc_table,
     metric_key,
+    plots,
+    report,
 )
-from oct_vae.scores import reconstruct
+from oct_vae.training.device import resolve_device
+from oct_vae.vae.detector import AnomalyDetector
+from oct_vae.vae.scores import reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ def build_statistical_report(
     """AUCs with patient-bootstrap 95% CIs, AUPRC and sensitivity at the validation-chosen
     threshold, at image and patient level, for every score and column, on the test split
     and on the real scans (transfer), with the provenance of every number
-    (``oct_vae.report.build_report``).
+    (``oct_vae.evaluation.report.build_report``).
 
     The operating threshold of each score is the ``specificity`` quantile of the validation
     normals' scores stored in ``vae_model`` (``score.specificity``, the one operating point);

@@ -1,4 +1,4 @@
-"""Nodes of the ``inference`` pipeline: thin adapters over ``oct_vae.serving``."""
+"""Nodes of the ``inference`` pipeline: thin adapters over ``oct_vae.serving.scoring``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from oct_vae import serving
-from oct_vae.device import resolve_device
+from oct_vae.serving.scoring import scoring as serving
+from oct_vae.training.device import resolve_device
 
 # Request columns: the scan as base64 text, and an optional id echoed back.
 IMAGE_COLUMN = "image_b64"

@@ -6,6 +6,7 @@ from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from oct_vae.framework.requirements import pins
 from oct_vae.pipelines.inference.nodes import (
     ID_COLUMN,
     IMAGE_COLUMN,
@@ -13,7 +14,6 @@ from oct_vae.pipelines.inference.nodes import (
     score_request,
 )
 from oct_vae.pipelines.inference.runner import SequentialRunner as QuietSequentialRunner
-from oct_vae.requirements import pins
 
 # The MLflow model every training run logs: runs:/<run id>/oct_vae_scorer.
 MODEL_NAME = "oct_vae_scorer"
@@ -82,7 +82,7 @@ def bind_to_training(training: Pipeline) -> PipelineML:
         kpm_kwargs={"copy_mode": "assign", "runner": QuietSequentialRunner()},
         log_model_kwargs={
             "name": MODEL_NAME,
-            # Also a new version of the registered model (oct_vae.registry).
+            # Also a new version of the registered model (oct_vae.framework.registry).
             "registered_model_name": MODEL_NAME,
             "signature": SIGNATURE,
             "pip_requirements": PIP_REQUIREMENTS,

@@ -1,4 +1,4 @@
-"""Nodes of the ``ingest`` pipeline: thin adapters over ``oct_vae.kermany`` and ``imaging``."""
+"""Nodes of the ``ingest`` pipeline: thin adapters over ``oct_vae.data.kermany`` and ``imaging``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from oct_vae import imaging, kermany
+from oct_vae.data import imaging, kermany
 
 log = logging.getLogger(__name__)
 

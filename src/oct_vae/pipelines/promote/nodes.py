@@ -6,7 +6,7 @@ from typing import Any
 
 import mlflow
 
-from oct_vae import registry
+from oct_vae.framework import registry
 
 
 def promote_champion(kedro_env: str) -> dict[str, Any]:

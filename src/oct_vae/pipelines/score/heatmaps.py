@@ -1,6 +1,6 @@
 """Heatmaps of the ``score`` pipeline, drawn on all cores while the scans are scored.
 
-Each figure is :func:`oct_vae.plots.heatmap_figure` (scan, mean reconstruction, squared
+Each figure is :func:`oct_vae.evaluation.plots.heatmap_figure` (scan, mean reconstruction, squared
 error over the scan), drawn to PNG in a pool of processes as soon as its scan is scored
 and spooled to a temporary folder (``tempfile``; about 150 kB a scan until saved): memory
 holds a few figures in flight, however many scans there are. Each process builds a
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from oct_vae.imaging import resolve_workers
+from oct_vae.data.imaging import resolve_workers
 
 # Resolution of the spooled PNGs: the score_heatmaps dataset's save_args (conf/base/catalog.yml).
 HEATMAP_DPI = 110
@@ -42,7 +42,7 @@ def draw_heatmap(
 ) -> str:
     """Write the heatmap of one scan as a PNG to ``target``; returns ``target``.
 
-    The PNG is the one :func:`oct_vae.plots.heatmap_figure` would give, to the pixel: a
+    The PNG is the one :func:`oct_vae.evaluation.plots.heatmap_figure` would give, to the pixel: a
     figure is reused only for scans whose colour bar has the same labels, the only thing
     besides the pictures and the title that moves the figure's layout.
     """
@@ -61,7 +61,7 @@ def draw_heatmap(
 def _new_figure(image: np.ndarray, recon: np.ndarray, error: np.ndarray, title: str) -> Any:
     import matplotlib.pyplot as plt
 
-    from oct_vae import plots
+    from oct_vae.evaluation import plots
 
     fig = plots.heatmap_figure(image, recon, error, title)
     plt.close(fig)  # kept out of pyplot: a dataset's `plt.close("all")` leaves it alone

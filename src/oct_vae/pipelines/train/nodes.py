@@ -1,4 +1,4 @@
-"""Thin Kedro adapters over ``oct_vae.training`` and ``oct_vae.detector``."""
+"""Thin Kedro adapters over ``oct_vae.training.trainer`` and ``oct_vae.vae.detector``."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from oct_vae import distributed
-from oct_vae.checkpoint import load_model
-from oct_vae.detector import calibrate_checkpoint
-from oct_vae.device import resolve_device
-from oct_vae.model import VAE, VAEConfig
-from oct_vae.params import MODEL_KEYS, SCORING_KEY, TRAIN_KEYS
-from oct_vae.scores import ScoreConfig
-from oct_vae.training import TrainConfig
+from oct_vae.framework.params import MODEL_KEYS, SCORING_KEY, TRAIN_KEYS
+from oct_vae.training.device import resolve_device
+from oct_vae.training.trainer import TrainConfig, distributed
+from oct_vae.vae.checkpoint import load_model
+from oct_vae.vae.detector import calibrate_checkpoint
+from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.scores import ScoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def train_vae(
     """Train the VAE on the training normals; keep the best epoch by validation loss.
 
     Args:
-        run_info: This run's id and project root (``oct_vae.hooks.RunIsolationHook``).
+        run_info: This run's id and project root (``oct_vae.framework.hooks.RunIsolationHook``).
 
     Returns:
         The best-epoch checkpoint, the per-epoch history table, and the same history as
@@ -132,7 +131,7 @@ def train_vae(
         for col in history.columns
         if col != "epoch"
     }
-    # The fast path this run trained with (oct_vae.fast_path).
+    # The fast path this run trained with (oct_vae.training.fast_path).
     fast = meta.get("fast_path", {})
     for key in ("amp", "channels_last", "compile", "cuda_graph"):
         if key in fast:

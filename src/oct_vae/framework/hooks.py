@@ -33,9 +33,10 @@ from kedro.io import MemoryDataset
 from kedro.io.core import AbstractVersionedDataset, Version
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
-from oct_vae import fileio, lineage
+from oct_vae.data import lineage
 from oct_vae.datasets import TorchCheckpointDataset
-from oct_vae.distributed import is_main_process
+from oct_vae.framework import fileio
+from oct_vae.training.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class RunIsolationHook:
 
     The versions go into ``run_info`` (for nodes and reports) and into MLflow tags
     (``MlflowRunStateHook``). Image arrays are checked against the manifest rows they
-    claim to hold (``oct_vae.lineage``), and every output folder must be writable.
+    claim to hold (``oct_vae.data.lineage``), and every output folder must be writable.
     """
 
     def __init__(self) -> None:
@@ -496,7 +497,7 @@ def _end_dead_runs(experiment_id: str, current: str) -> None:
 # ---------------------------------------------------------------------------- torchrun
 class MainProcessOnlyHook:
     """Under ``torchrun`` every rank runs the whole Kedro session, and its train node joins
-    one data-parallel job (``oct_vae.distributed``). Every rank then holds the same model;
+    one data-parallel job (``oct_vae.training.distributed``). Every rank then holds the same model;
     only rank 0 should save it. On the other ranks this hook turns every output of the
     pipeline into a memory dataset before anything runs, so they train, hand results from
     node to node in memory, and write nothing; ``PrivateMlflowHook`` opens no MLflow run

@@ -1,7 +1,7 @@
 """Scoring scans that may be broken: request rows and files in, one result per input out.
 
 The served MLflow model receives scans as base64 text; :func:`decode_request` turns each
-row into a ``uint8`` image with :func:`oct_vae.imaging.load_scan` (the ingest
+row into a ``uint8`` image with :func:`oct_vae.data.imaging.load_scan` (the ingest
 preprocessing) or into an error reason for that row alone. Request bytes are only ever
 decoded, never opened as a file path. :func:`score_decoded` scores the decodable images
 in batches, with every score that evaluation reports; a scan's scores do not depend on
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from oct_vae.detector import AnomalyDetector
-from oct_vae.imaging import RejectedScan, load_scan
-from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
+from oct_vae.data.imaging import RejectedScan, load_scan
+from oct_vae.vae.detector import AnomalyDetector
+from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 
 # Largest decoded image accepted in one request row (bytes).
 MAX_IMAGE_BYTES = 20_000_000

@@ -3,7 +3,7 @@
 Every training run registers its ``oct_vae_scorer`` as a new version of the registered
 model ``oct_vae_scorer`` (``registered_model_name`` in the inference pipeline's
 ``log_model_kwargs``). When the run also evaluated the model, the version is tagged
-(``oct_vae.registry_hook``) with:
+(``oct_vae.framework.registry_hook``) with:
 
 * ``auc_all``: the image-level ``All`` AUC of the score the model flags with
   (``score.flag_score``), and ``flag_score`` / ``auc_metric`` naming it;

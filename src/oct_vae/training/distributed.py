@@ -8,10 +8,10 @@ and ``train``: the one entry point that decides between one process and several.
 * ``torchrun`` (one machine or several): every process runs the pipeline; ``train`` sees
   ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and joins the job instead of spawning.
   Every rank returns the same result; only rank 0 writes checkpoints, and only rank 0
-  saves outputs or logs to MLflow (``is_main_process``; ``oct_vae.hooks``).
+  saves outputs or logs to MLflow (``is_main_process``; ``oct_vae.framework.hooks``).
 
 Every rank takes its slice of every global batch and of its noise, and batch norm uses
-the statistics of the whole global batch (``oct_vae.batchnorm``), so N processes follow
+the statistics of the whole global batch (``oct_vae.training.batchnorm``), so N processes follow
 the trajectory of one process with the same ``batch_size``, up to rounding.
 
 This module imports only numpy and torch.
@@ -32,10 +32,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from oct_vae.checkpoint import load_model
-from oct_vae.device import resolve_device
-from oct_vae.model import VAEConfig
-from oct_vae.training import NonFiniteLossError, TrainConfig, Trainer, TrainResult
+from oct_vae.training.device import resolve_device
+from oct_vae.training.trainer import NonFiniteLossError, TrainConfig, Trainer, TrainResult
+from oct_vae.vae.checkpoint import load_model
+from oct_vae.vae.model import VAEConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ same thing whatever else the machine is doing (issue #22). The settings and thei
   is replayed as a CUDA graph, off elsewhere (a CPU run pays 50-100 s of compilation
   for about 12%, more than a phantom run gains).
 * ``cuda_graph`` does not change the numbers (the same kernels, launched at once; see
-  ``oct_vae.cuda_graph``). ``auto``: on with CUDA and one process, unless ``compile: on``
+  ``oct_vae.training.cuda_graph``). ``auto``: on with CUDA and one process, unless ``compile: on``
   asks for the compiled step instead (the two are not combined: see ``graph_choice``).
 
 Timing may choose only among settings that leave the numbers unchanged; none of the
@@ -24,7 +24,7 @@ training settings is such a choice today, so nothing is timed. Explicit values (
 ``off``, ``bf16``) are always honoured. A resumed run keeps the amp and layout of the run it
 continues (``FastPath.from_dict``), so resuming stays exact.
 
-This module imports only torch and the standard library (and ``oct_vae.device``).
+This module imports only torch and the standard library (and ``oct_vae.training.device``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from oct_vae.device import legacy_flag_rule
+from oct_vae.training.device import legacy_flag_rule
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def decide(amp: str, channels_last: str, compile_: str, cuda_graph: str,
 def resumed(stored: dict[str, Any] | None, fresh: FastPath, device: torch.device) -> FastPath:
     """A resumed run's fast path: the amp and layout the checkpoint was trained with, and
     this run's compile and graph. A checkpoint written before fast paths were stored was
-    trained by the flag rule of that time (``oct_vae.device.legacy_flag_rule``)."""
+    trained by the flag rule of that time (``oct_vae.training.device.legacy_flag_rule``)."""
     if isinstance(stored, dict):
         kept = FastPath.from_dict(stored)
         amp, layout = kept.amp, kept.channels_last

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oct_vae.imaging import load_scan
-from oct_vae.kermany import CLASSES, index_scans
+from oct_vae.data.imaging import load_scan
+from oct_vae.data.kermany import CLASSES, index_scans
 
 SIZE = 128
 
@@ -70,7 +70,7 @@ def load_folder(root: str | Path) -> ScanSet:
 
 def phantom_sample(counts: dict[str, int], seed: int, config=None) -> ScanSet:  # noqa: ANN001
     """Render ``counts[c]`` phantom scans per class, 1-3 per patient, JPEG-coded as on disk."""
-    from oct_vae import phantom as ph
+    from oct_vae.data import phantom as ph
 
     config = config or ph.PhantomConfig(seed=seed)
     out = ScanSet()

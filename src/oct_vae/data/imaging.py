@@ -24,7 +24,7 @@ from typing import BinaryIO, TypeVar
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from oct_vae.lineage import content_hash
+from oct_vae.data.lineage import content_hash
 
 # Smallest side we accept: anything smaller is a thumbnail or a broken export, not a B-scan.
 MIN_SIDE = 32

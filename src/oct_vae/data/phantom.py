@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from oct_vae.fileio import atomic_write, interprocess_lock, sweep_stale_temp_files
-from oct_vae.kermany import CLASSES
+from oct_vae.data.kermany import CLASSES
+from oct_vae.framework.fileio import atomic_write, interprocess_lock, sweep_stale_temp_files
 
 FORMAT_VERSION = 4
 META_NAME = "phantom.json"

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from oct_vae.checkpoint import load_model
-from oct_vae.scores import (
+from oct_vae.vae.checkpoint import load_model
+from oct_vae.vae.scores import (
     LatentGaussian,
     ScoreConfig,
     encoder_means,

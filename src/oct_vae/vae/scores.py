@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from oct_vae.losses import kl_divergence, reconstruction_nll
-from oct_vae.model import VAE
+from oct_vae.vae.losses import kl_divergence, reconstruction_nll
+from oct_vae.vae.model import VAE
 
 # Column names of the score table, in the order the report shows them.
 PAPER_SCORES = ("reconstruction", "kl", "vae")

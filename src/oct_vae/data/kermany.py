@@ -351,7 +351,7 @@ def find_test_duplicates(
 
     Args:
         splits: Indices per split, as returned by :func:`split_scans`.
-        hashes: Content hash of every scan (see ``oct_vae.imaging.content_hash``).
+        hashes: Content hash of every scan (see ``oct_vae.data.imaging.content_hash``).
 
     Returns:
         For each test index with duplicates, the training/validation indices sharing its hash.

@@ -5,7 +5,7 @@ A checkpoint is a plain dict of tensors and Python values (safe to load with
 ``format_version``, ``model_config`` (``VAEConfig`` as a dict), ``train_config`` (the
 optimisation settings), ``state_dict`` and ``metadata`` (best epoch, data fingerprint,
 image size, ...). The train pipeline's calibrate step adds what scoring needs
-(``oct_vae.detector``). Imports only torch and the project's model and file modules.
+(``oct_vae.vae.detector``). Imports only torch and the project's model and file modules.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from oct_vae.fileio import atomic_write
-from oct_vae.model import VAE, VAEConfig
+from oct_vae.framework.fileio import atomic_write
+from oct_vae.vae.model import VAE, VAEConfig
 
 CHECKPOINT_FORMAT = 1
 # Where a run kept its checkpoints is not part of the model (nor recorded).

@@ -1,4 +1,5 @@
-"""The Kedro hook that checks every parameter before any node runs (``oct_vae.params``)."""
+"""The Kedro hook that checks every parameter before any node runs
+(``oct_vae.framework.params``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def parameter_reads(pipeline: Pipeline) -> set[str]:
     node that takes all ``parameters``), the inputs of the inference pipeline a training
     pipeline logs (kedro-mlflow's ``PipelineML``: the served model reads them), and the
     runtime parameters of the catalog's datasets it uses (``params.CATALOG_PARAMS``)."""
-    from oct_vae.params import CATALOG_PARAMS
+    from oct_vae.framework.params import CATALOG_PARAMS
 
     inputs = set(pipeline.all_inputs())
     inference = getattr(pipeline, "inference", None)
@@ -28,7 +29,7 @@ def parameter_reads(pipeline: Pipeline) -> set[str]:
 
 class CheckParametersHook:
     """Stop a run before its first node when a parameter is unknown, missing, of the wrong
-    type or out of range, with every problem in one error (``oct_vae.params``), or when a
+    type or out of range, with every problem in one error (``oct_vae.framework.params``), or when a
     ``--params`` override is read by no node of the selected pipeline(s): it would change
     nothing, and the message names the pipeline that does read it.
 
@@ -39,9 +40,9 @@ class CheckParametersHook:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        # Imported here: oct_vae.params loads torch, which `kedro --help` and the other
+        # Imported here: oct_vae.framework.params loads torch, which `kedro --help` and the other
         # commands that import settings.py do not need.
-        from oct_vae.params import check_overrides, check_parameters
+        from oct_vae.framework.params import check_overrides, check_parameters
 
         dataset = catalog.get("parameters")
         check_parameters(dataset.load() if dataset is not None else {})

@@ -30,7 +30,7 @@ from typing import Any
 from kedro.framework.session.store import BaseSessionStore
 from kedro.io.core import VERSION_FORMAT
 
-from oct_vae.fileio import interprocess_lock, machine_lock_path
+from oct_vae.framework.fileio import interprocess_lock, machine_lock_path
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """``ModelRegistryHook``: tags the model version a training run registered, and names the
-first ``champion`` (``oct_vae.registry``).
+first ``champion`` (``oct_vae.framework.registry``).
 
 Why a hook and not a node: kedro-mlflow logs (and so registers) ``oct_vae_scorer`` in its
 ``after_pipeline_run`` hook, after the last node has run, so no node of the run can see
@@ -24,8 +24,8 @@ from typing import Any
 import mlflow
 from kedro.framework.hooks import hook_impl
 
-from oct_vae import registry
-from oct_vae.evaluation import metric_key
+from oct_vae.evaluation.metrics import metric_key
+from oct_vae.framework import registry
 
 log = logging.getLogger(__name__)
 

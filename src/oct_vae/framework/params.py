@@ -13,7 +13,7 @@ device by ``resolve_device``, the likelihood against ``losses.LIKELIHOODS`` and
 ``score.flag_score`` against the scores ``scores.score_images`` computes. After the rules
 below, the science modules' own configs are built from the values as a last check.
 
-No Kedro, no MLflow: the project's Kedro hook (``oct_vae.parameter_hook``) calls it
+No Kedro, no MLflow: the project's Kedro hook (``oct_vae.framework.parameter_hook``) calls it
 before every run, and anything else may call it as well.
 """
 
@@ -28,12 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oct_vae.device import resolve_device
-from oct_vae.kermany import PROTOCOLS
-from oct_vae.losses import LIKELIHOODS
-from oct_vae.model import VAEConfig
-from oct_vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, ScoreConfig
-from oct_vae.training import TrainConfig
+from oct_vae.data.kermany import PROTOCOLS
+from oct_vae.training.device import resolve_device
+from oct_vae.training.trainer import TrainConfig
+from oct_vae.vae.losses import LIKELIHOODS
+from oct_vae.vae.model import VAEConfig
+from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, ScoreConfig
 
 # params:train -> the model's and the optimiser's settings (see train/nodes.py), and
 # train.scoring, how the calibrated model scores (scores.ScoreConfig, less the fields that

@@ -4,10 +4,10 @@ The same loop serves a 2-core laptop and an H100. The uint8 images stay resident
 the training device and are converted to float one batch at a time, so no data loader
 stands between the data and the model. ``Trainer.fit`` is the epoch loop; each fast-path
 trick sits behind one small function: resident uint8 data (``_resident``), bf16 autocast
-and channels-last memory (``auto`` = by rule, ``oct_vae.fast_path``), ``torch.compile`` of
+and channels-last memory (``auto`` = by rule, ``oct_vae.training.fast_path``), ``torch.compile`` of
 model and loss in one graph (``_try_compile``; the short last batch of an epoch runs eagerly
 so it never triggers a recompilation), the whole step replayed as a CUDA graph
-(``oct_vae.cuda_graph``), a NaN check every few steps without a host sync per step
+(``oct_vae.training.cuda_graph``), a NaN check every few steps without a host sync per step
 (``_LossLog``), and checkpoints written by a background thread (``_CheckpointWriter``).
 
 Every epoch ends with a validation pass and an atomic checkpoint (model, optimiser,
@@ -15,10 +15,10 @@ history, best weights so far). ``resume`` continues from the last completed epoc
 reaches the same weights as an uninterrupted run: each epoch draws its shuffling and its
 reparameterisation noise from generators seeded by ``(seed, epoch)``.
 
-Data-parallel training (``world=(rank, world_size)``, set up by ``oct_vae.distributed``,
+Data-parallel training (``world=(rank, world_size)``, set up by ``oct_vae.training.distributed``,
 the one entry point that chooses between one process and several) gives every rank a
 slice of every global batch, and of that batch's noise, with batch-norm statistics
-synchronised over the global batch (``oct_vae.batchnorm``): N processes follow the same
+synchronised over the global batch (``oct_vae.training.batchnorm``): N processes follow the same
 trajectory as one process with the same ``batch_size``, up to rounding.
 
 This module imports only numpy and torch (and the project's science modules).
@@ -41,17 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from oct_vae import checkpoint as checkpoints
-from oct_vae import fast_path
-from oct_vae.batchnorm import sync_batchnorm
-from oct_vae.checkpoint import CHECKPOINT_FORMAT, make_checkpoint, to_cpu
-from oct_vae.cuda_graph import GraphedStep, capture_or_none
-from oct_vae.device import resolve_device
-from oct_vae.fast_path import FastPath
-from oct_vae.fileio import check_writable
-from oct_vae.lineage import data_fingerprint
-from oct_vae.losses import check_likelihood, negative_elbo
-from oct_vae.model import VAE, VAEConfig
+from oct_vae.data.lineage import data_fingerprint
+from oct_vae.framework.fileio import check_writable
+from oct_vae.training.batchnorm import sync_batchnorm
+from oct_vae.training.cuda_graph import GraphedStep, capture_or_none
+from oct_vae.training.device import resolve_device
+from oct_vae.training.fast_path import FastPath
+from oct_vae.training import fast_path
+from oct_vae.vae import checkpoint as checkpoints
+from oct_vae.vae.checkpoint import CHECKPOINT_FORMAT, make_checkpoint, to_cpu
+from oct_vae.vae.losses import check_likelihood, negative_elbo
+from oct_vae.vae.model import VAE, VAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,14 @@ class TrainConfig:
         seed: Seeds initialisation, shuffling and sampling.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         amp: ``auto`` (bf16 on CUDA devices with native bf16, float32 elsewhere; see
-            ``oct_vae.fast_path``), ``bf16`` or ``off``.
+            ``oct_vae.training.fast_path``), ``bf16`` or ``off``.
         compile: ``auto`` (on CUDA without the CUDA graph), ``on`` or ``off``:
             ``torch.compile`` the model, falling back to eager execution when compilation
             fails.
         channels_last: ``auto`` (on with CUDA), ``on`` or ``off``.
         cuda_graph: ``auto`` (on with CUDA and one process), ``on`` (CUDA only) or
             ``off``: capture the whole training step of a full batch (forward, loss,
-            backward, Adam) as one CUDA graph and replay it (``oct_vae.cuda_graph``). It
+            backward, Adam) as one CUDA graph and replay it (``oct_vae.training.cuda_graph``). It
             runs the same kernels, so it changes speed, not the numbers.
         val_batch_size: Images per validation batch.
         checkpoint_dir: Folder of this run's per-epoch checkpoint ``last.pt``; ``None``
@@ -91,7 +91,7 @@ class TrainConfig:
             not hold more epochs than ``epochs``.
         progress: Show a progress bar.
         devices: Processes for data-parallel training: ``1``, a count, or ``auto`` (every
-            visible GPU). More than one goes through ``oct_vae.distributed``.
+            visible GPU). More than one goes through ``oct_vae.training.distributed``.
     """
 
     epochs: int = 40
@@ -137,7 +137,7 @@ class TrainResult:
     """What training returns.
 
     Attributes:
-        checkpoint: Best-epoch checkpoint (see ``oct_vae.checkpoint``).
+        checkpoint: Best-epoch checkpoint (see ``oct_vae.vae.checkpoint``).
         history: One dict per epoch (train/val recon, kl, total, images/s, seconds).
         model: The model holding the best weights, on the CPU, in eval mode.
     """
@@ -191,7 +191,7 @@ class Trainer:
         model_config: Model sizes; ``image_size`` must equal S.
         config: Optimisation settings.
         world: ``(rank, world_size)`` for data-parallel training; the caller has set up
-            ``torch.distributed`` when ``world_size > 1`` (see ``oct_vae.distributed``).
+            ``torch.distributed`` when ``world_size > 1`` (see ``oct_vae.training.distributed``).
         device: Overrides ``config.device`` (each rank passes its own GPU).
 
     Attributes:
@@ -361,7 +361,7 @@ class Trainer:
         return step, _try_compile(step) if self.fast_path.compile else step
 
     def _choose_fast_path(self, resume_from: tuple[Path, dict[str, Any]] | None) -> FastPath:
-        """The settings' rules (``oct_vae.fast_path``); a resumed run keeps the amp and
+        """The settings' rules (``oct_vae.training.fast_path``); a resumed run keeps the amp and
         layout it was trained with, so that resuming stays exact."""
         cfg = self.config
         fast = fast_path.decide(cfg.amp, cfg.channels_last, cfg.compile, cfg.cuda_graph,
@@ -536,7 +536,7 @@ class _CheckpointWriter:
     """Writes ``last.pt`` from a background thread, one write at a time.
 
     A write's error is raised by the next call (``submit``, ``raise_if_failed`` or
-    ``close``), with the path and the OS reason (``oct_vae.fileio``).
+    ``close``), with the path and the OS reason (``oct_vae.framework.fileio``).
     """
 
     def __init__(self, path: Path | None) -> None:

@@ -1,6 +1,6 @@
 """Where a run computes, and what the device can do. Imports only torch.
 
-The ``auto`` fast-path settings follow the rules of ``oct_vae.fast_path``;
+The ``auto`` fast-path settings follow the rules of ``oct_vae.training.fast_path``;
 ``legacy_flag_rule`` is the first rule, kept to resume checkpoints trained by it.
 """
 
@@ -60,7 +60,7 @@ def cpu_has_native_bf16() -> bool:
 def legacy_flag_rule(device: torch.device) -> tuple[bool, bool]:
     """(amp, channels_last) of the first flag rule: bf16 on CUDA and on CPUs reporting
     native bf16, channels-last on CUDA. Only for resuming checkpoints that stored no fast
-    path, which were trained by it; new runs follow ``oct_vae.fast_path``."""
+    path, which were trained by it; new runs follow ``oct_vae.training.fast_path``."""
     amp = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
     return amp, device.type == "cuda"
 

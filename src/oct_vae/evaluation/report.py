@@ -2,7 +2,7 @@
 metrics, and the transfer-to-real-scans section.
 
 Everything here is computed from score tables (one row per scan: path, label, patient_id
-and one column per score); ``oct_vae.evaluation`` holds the statistics. The evaluate
+and one column per score); ``oct_vae.evaluation.metrics`` holds the statistics. The evaluate
 pipeline's nodes are thin adapters over these functions.
 """
 
@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from oct_vae import kermany
-from oct_vae.detector import operating_threshold
-from oct_vae.evaluation import (
+from oct_vae.data import kermany
+from oct_vae.evaluation.metrics import (
     GROUPS,
     PAPER_AUC,
     PAPER_COLUMNS,
@@ -31,6 +30,7 @@ from oct_vae.evaluation import (
     sensitivity_at_threshold,
     specificity_at_threshold,
 )
+from oct_vae.vae.detector import operating_threshold
 
 log = logging.getLogger(__name__)
 

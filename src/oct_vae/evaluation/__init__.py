@@ -1,0 +1,4 @@
+"""Evaluation: AUCs and bootstrap intervals, the report, the figures.
+
+Framework-free: numpy, pandas, scikit-learn and matplotlib.
+"""
