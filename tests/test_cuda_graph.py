@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from oct_vae.data.phantom import layered_scans
+from oct_vae.training import fast_path
 from oct_vae.training.cuda_graph import _restored
 from oct_vae.training.fast_path import graph_choice
-from oct_vae.training.trainer import TrainConfig, Trainer, _resume_key, fast_path
+from oct_vae.training.trainer import TrainConfig, Trainer, _resume_key
 from oct_vae.vae.model import VAEConfig
 
 MODEL = VAEConfig(image_size=32, width=8, latent_dim=16, n_blocks=3)

@@ -11,9 +11,10 @@ import torch
 
 from oct_vae.data.phantom import layered_scans
 from oct_vae.pipelines.train import nodes
+from oct_vae.training import fast_path
 from oct_vae.training.distributed import train as train_vae
 from oct_vae.training.fast_path import FastPath
-from oct_vae.training.trainer import TrainConfig, Trainer, fast_path
+from oct_vae.training.trainer import TrainConfig, Trainer
 from oct_vae.vae.model import VAEConfig
 
 MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)

@@ -10,9 +10,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "oct_vae"
 # The science: imports numpy, torch and small numeric libraries, never Kedro, MLflow or pandas.
 SCIENCE = (
-    "model", "losses", "scores", "phantom", "evaluation", "training", "distributed",
-    "batchnorm", "checkpoint", "device", "lineage", "detector", "fileio", "imaging",
-    "kermany", "serving", "params",
+    "vae.model", "vae.losses", "vae.scores", "vae.checkpoint", "vae.detector",
+    "training.trainer", "training.distributed", "training.batchnorm", "training.device",
+    "training.fast_path", "training.cuda_graph",
+    "data.phantom", "data.lineage", "data.imaging", "data.kermany",
+    "evaluation.metrics", "serving.scoring", "framework.params", "framework.fileio",
 )
 FRAMEWORKS = ("kedro", "kedro_mlflow", "kedro_datasets", "mlflow", "pandas")
 MAX_LINES = 60

@@ -29,7 +29,7 @@ from oct_vae.data.imaging import RejectedScan, load_scan
 from oct_vae.pipelines.inference.nodes import score_request
 from oct_vae.pipelines.inference.pipeline import INPUT_NAME, SIGNATURE, bind_to_training
 from oct_vae.pipelines.train.nodes import calibrate_model
-from oct_vae.serving.scoring import scoring as serving
+from oct_vae.serving import scoring as serving
 from oct_vae.training.trainer import TrainConfig
 from oct_vae.vae.checkpoint import make_checkpoint
 from oct_vae.vae.detector import AnomalyDetector, operating_threshold

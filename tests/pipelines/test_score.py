@@ -29,7 +29,7 @@ from oct_vae.pipelines.score import heatmaps as heatmaps_module
 from oct_vae.pipelines.score import nodes as score_nodes
 from oct_vae.pipelines.score.nodes import find_scans, score_scans
 from oct_vae.pipelines.train.nodes import calibrate_model
-from oct_vae.serving.scoring import scoring as serving
+from oct_vae.serving import scoring as serving
 from oct_vae.training.trainer import TrainConfig
 from oct_vae.vae.checkpoint import make_checkpoint
 from oct_vae.vae.detector import AnomalyDetector, operating_threshold

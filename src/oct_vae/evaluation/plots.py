@@ -11,7 +11,13 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from oct_vae.evaluation.metrics import GROUPS, NORMAL, PAPER_COLUMNS, ROW_NAMES, group_auc  # noqa: E402
+from oct_vae.evaluation.metrics import (  # noqa: E402
+    GROUPS,
+    NORMAL,
+    PAPER_COLUMNS,
+    ROW_NAMES,
+    group_auc,
+)
 
 CLASS_COLOURS = {"NORMAL": "tab:green", "CNV": "tab:red", "DME": "tab:blue", "DRUSEN": "tab:orange"}
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from oct_vae.serving.scoring import scoring as serving
+from oct_vae.serving import scoring as serving
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

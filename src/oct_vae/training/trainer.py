@@ -43,11 +43,11 @@ import torch
 
 from oct_vae.data.lineage import data_fingerprint
 from oct_vae.framework.fileio import check_writable
+from oct_vae.training import fast_path
 from oct_vae.training.batchnorm import sync_batchnorm
 from oct_vae.training.cuda_graph import GraphedStep, capture_or_none
 from oct_vae.training.device import resolve_device
 from oct_vae.training.fast_path import FastPath
-from oct_vae.training import fast_path
 from oct_vae.vae import checkpoint as checkpoints
 from oct_vae.vae.checkpoint import CHECKPOINT_FORMAT, make_checkpoint, to_cpu
 from oct_vae.vae.losses import check_likelihood, negative_elbo

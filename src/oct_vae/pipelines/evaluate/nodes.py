@@ -11,14 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from oct_vae.data import imaging, kermany, lineage
-from oct_vae.evaluation.metrics import (
-    PAPER_COLUMNS,
-    ROW_NAMES,
-    auc_table,
-    metric_key,
-    plots,
-    report,
-)
+from oct_vae.evaluation import plots, report
+from oct_vae.evaluation.metrics import PAPER_COLUMNS, ROW_NAMES, auc_table, metric_key
 from oct_vae.training.device import resolve_device
 from oct_vae.vae.detector import AnomalyDetector
 from oct_vae.vae.scores import reconstruct

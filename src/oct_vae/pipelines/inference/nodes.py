@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from oct_vae.serving.scoring import scoring as serving
+from oct_vae.serving import scoring as serving
 from oct_vae.training.device import resolve_device
 
 # Request columns: the scan as base64 text, and an optional id echoed back.

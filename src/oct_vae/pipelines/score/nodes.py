@@ -14,7 +14,7 @@ import torch
 from oct_vae.data import imaging, lineage
 from oct_vae.datasets.scan_folder_dataset import list_files
 from oct_vae.pipelines.score.heatmaps import HeatmapSpool
-from oct_vae.serving.scoring import scoring as serving
+from oct_vae.serving import scoring as serving
 from oct_vae.training.device import resolve_device
 from oct_vae.vae.detector import AnomalyDetector
 from oct_vae.vae.scores import reconstruct
