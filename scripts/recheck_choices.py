@@ -50,7 +50,7 @@ for extra in (ROOT, ROOT / "scripts", ROOT / "benchmarks"):
         sys.path.insert(0, str(extra))
 import select_score_settings as S  # noqa: E402
 
-from oct_vae.vae.scores import BASELINE_SCORES as BASELINES  # noqa: E402
+from oct_vae.vae.config import BASELINE_SCORES as BASELINES  # noqa: E402
 
 
 def candidates(train: dict[str, object]) -> dict[str, dict[str, object]]:

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from oct_vae.framework.hooks import MissingInputsError
-from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
+from oct_vae.vae.config import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from tests.conftest import KERMANY_SAMPLE
 from tests.e2e.conftest import run_session, wait_for_http
 from tests.helpers.project import (

@@ -32,9 +32,10 @@ from oct_vae.pipelines.train.nodes import calibrate_model
 from oct_vae.serving import scoring as serving
 from oct_vae.training.trainer import TrainConfig
 from oct_vae.vae.checkpoint import make_checkpoint
+from oct_vae.vae.config import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from oct_vae.vae.detector import AnomalyDetector, operating_threshold
 from oct_vae.vae.model import VAE, VAEConfig
-from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, reconstruct
+from oct_vae.vae.scores import reconstruct
 
 # train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
 SCORING = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 2.0,

@@ -29,11 +29,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from oct_vae.data.kermany import PROTOCOLS
+from oct_vae.training.config import AMP_MODES, SWITCHES, TrainConfig
 from oct_vae.training.device import resolve_device
-from oct_vae.training.trainer import TrainConfig
-from oct_vae.vae.losses import LIKELIHOODS
-from oct_vae.vae.model import VAEConfig
-from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES, ScoreConfig
+from oct_vae.vae.config import (
+    BASELINE_SCORES,
+    EXTRA_SCORES,
+    LIKELIHOODS,
+    PAPER_SCORES,
+    ScoreConfig,
+    VAEConfig,
+)
 
 # params:train -> the model's and the optimiser's settings (see train/nodes.py), and
 # train.scoring, how the calibrated model scores (scores.ScoreConfig, less the fields that
@@ -47,8 +52,6 @@ TRAIN_KEYS = tuple(
 # the calibrated scores of vae_model, hence the choices of score.flag_score.
 SCORE_NAMES = (*PAPER_SCORES, *BASELINE_SCORES, *EXTRA_SCORES)
 # TrainConfig's choices (training.TrainConfig.__post_init__).
-AMP_MODES = ("auto", "bf16", "off")
-SWITCHES = ("auto", "on", "off")
 
 
 class ParameterError(ValueError):

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from oct_vae.data.imaging import RejectedScan, load_scan
+from oct_vae.vae.config import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 from oct_vae.vae.detector import AnomalyDetector
-from oct_vae.vae.scores import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
 
 # Largest decoded image accepted in one request row (bytes).
 MAX_IMAGE_BYTES = 20_000_000

@@ -45,91 +45,16 @@ from oct_vae.data.lineage import data_fingerprint
 from oct_vae.framework.fileio import check_writable
 from oct_vae.training import fast_path
 from oct_vae.training.batchnorm import sync_batchnorm
+from oct_vae.training.config import TrainConfig
 from oct_vae.training.cuda_graph import GraphedStep, capture_or_none
 from oct_vae.training.device import resolve_device
 from oct_vae.training.fast_path import FastPath
 from oct_vae.vae import checkpoint as checkpoints
 from oct_vae.vae.checkpoint import CHECKPOINT_FORMAT, make_checkpoint, to_cpu
-from oct_vae.vae.losses import check_likelihood, negative_elbo
+from oct_vae.vae.losses import negative_elbo
 from oct_vae.vae.model import VAE, VAEConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings.
-
-    Attributes:
-        epochs: Passes over the training normals (the paper: 40).
-        batch_size: Images per step.
-        lr: Adam learning rate (the paper: 1e-4).
-        beta: Weight of the KL term (1 = the ELBO).
-        likelihood: ``bernoulli`` or ``gaussian`` pixel likelihood.
-        gaussian_sigma: Pixel standard deviation of the Gaussian likelihood.
-        seed: Seeds initialisation, shuffling and sampling.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        amp: ``auto`` (bf16 on CUDA devices with native bf16, float32 elsewhere; see
-            ``oct_vae.training.fast_path``), ``bf16`` or ``off``.
-        compile: ``auto`` (on CUDA without the CUDA graph), ``on`` or ``off``:
-            ``torch.compile`` the model, falling back to eager execution when compilation
-            fails.
-        channels_last: ``auto`` (on with CUDA), ``on`` or ``off``.
-        cuda_graph: ``auto`` (on with CUDA and one process), ``on`` (CUDA only) or
-            ``off``: capture the whole training step of a full batch (forward, loss,
-            backward, Adam) as one CUDA graph and replay it (``oct_vae.training.cuda_graph``). It
-            runs the same kernels, so it changes speed, not the numbers.
-        val_batch_size: Images per validation batch.
-        checkpoint_dir: Folder of this run's per-epoch checkpoint ``last.pt``; ``None``
-            disables it. The Kedro train node gives every run a folder of its own.
-        checkpoint_every: Write ``last.pt`` every this many epochs and after the last one
-            (1 = every epoch). On a fast GPU, where an epoch takes about a second, writing
-            the ~600 MB checkpoint of the paper's model slows the next epoch down.
-        resume: ``False``; ``True`` to continue from ``checkpoint_dir/last.pt`` when it
-            exists; or the path of a ``last.pt`` (another run's) to continue from. The
-            checkpoint must match the model, the training settings and the data, and must
-            not hold more epochs than ``epochs``.
-        progress: Show a progress bar.
-        devices: Processes for data-parallel training: ``1``, a count, or ``auto`` (every
-            visible GPU). More than one goes through ``oct_vae.training.distributed``.
-    """
-
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 1e-4
-    beta: float = 1.0
-    likelihood: str = "bernoulli"
-    gaussian_sigma: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    compile: str = "auto"
-    channels_last: str = "auto"
-    cuda_graph: str = "auto"
-    val_batch_size: int = 256
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 1
-    resume: bool | str = False
-    progress: bool = True
-    devices: int | str = 1
-
-    def __post_init__(self) -> None:
-        check_likelihood(self.likelihood)
-        count_ok = isinstance(self.devices, int) and not isinstance(self.devices, bool)
-        if self.devices != "auto" and not (count_ok and self.devices >= 1):
-            raise ValueError(f"devices must be a positive integer or 'auto', got {self.devices!r}")
-        if min(self.epochs, self.batch_size, self.val_batch_size, self.checkpoint_every) < 1:
-            raise ValueError(
-                "epochs, batch_size, val_batch_size and checkpoint_every must be positive"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not isinstance(self.resume, (bool, str)):
-            raise ValueError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
-        for name in ("amp", "compile", "channels_last", "cuda_graph"):
-            allowed = ("auto", "bf16", "off") if name == "amp" else ("auto", "on", "off")
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -14,14 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+from oct_vae.vae.config import LIKELIHOODS, check_likelihood
 
+__all__ = ["LIKELIHOODS", "check_likelihood", "kl_divergence", "negative_elbo",
+           "reconstruction_nll"]
 
-def check_likelihood(likelihood: str) -> str:
-    """Return ``likelihood`` if supported, else raise a clear ``ValueError``."""
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    return likelihood
 
 
 def reconstruction_nll(

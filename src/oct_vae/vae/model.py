@@ -22,52 +22,12 @@ This module imports only torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
+from oct_vae.vae.config import VAEConfig
 
-@dataclass(frozen=True)
-class VAEConfig:
-    """Every size of the model.
-
-    Attributes:
-        image_size: Side of the square input: a multiple of ``2**n_blocks`` (32 for the
-            paper's 5 blocks), at least 8; e.g. 32, 64, 96, 128.
-        in_channels: Image channels (OCT is grayscale: 1).
-        width: Channels of the first encoder block (the paper: 64).
-        latent_dim: Size of the latent code (the paper: 300).
-        n_blocks: Stride-2 blocks in the encoder and in the decoder (the paper: 5).
-    """
-
-    image_size: int = 128
-    in_channels: int = 1
-    width: int = 64
-    latent_dim: int = 300
-    n_blocks: int = 5
-
-    def __post_init__(self) -> None:
-        bottom = self.image_size / 2**self.n_blocks
-        if self.image_size < 8 or bottom < 1 or bottom != int(bottom):
-            step = 2**self.n_blocks
-            raise ValueError(
-                f"image_size={self.image_size} cannot be halved {self.n_blocks} times "
-                f"to a whole number of pixels; use a multiple of {step} (at least "
-                f"{max(step, 8)}), such as 128"
-            )
-        for name in ("in_channels", "width", "latent_dim", "n_blocks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-
-    @property
-    def bottom_size(self) -> int:
-        """Spatial side of the deepest feature map (4 for 128 / 2**5)."""
-        return self.image_size // 2**self.n_blocks
-
-    def to_dict(self) -> dict[str, int]:
-        """Plain dict, suitable for checkpoints and logging."""
-        return asdict(self)
+__all__ = ["VAE", "VAEConfig", "count_parameters"]
 
 
 def _widths(config: VAEConfig) -> list[int]:

@@ -33,54 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from oct_vae.vae.config import EXTRA_SCORES, ScoreConfig
 from oct_vae.vae.losses import kl_divergence, reconstruction_nll
 from oct_vae.vae.model import VAE
-
-# Column names of the score table, in the order the report shows them.
-PAPER_SCORES = ("reconstruction", "kl", "vae")
-BASELINE_SCORES = ("baseline_mean_intensity", "baseline_distance_to_mean_normal")
-EXTRA_SCORES = (
-    "topk_residual",
-    "filtered_residual",
-    "structural_residual",
-    "latent_distance",
-    "recon_uncertainty",
-)
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """How to score.
-
-    Attributes:
-        n_samples: L, posterior samples per image (the paper: 10).
-        batch_size: Images per forward pass.
-        likelihood: Pixel likelihood the model was trained with.
-        gaussian_sigma: Pixel standard deviation of the Gaussian likelihood.
-        top_k_percent: k of the top-k residual score.
-        residual_sigma: Gaussian filter width (pixels) of the filtered residual score.
-        filtered_top_k_percent: k of the filtered residual score, chosen apart from
-            ``top_k_percent`` (the project's value is in conf/base/parameters_evaluate.yml).
-        seed: Seeds the posterior samples, so scores are reproducible.
-    """
-
-    n_samples: int = 10
-    batch_size: int = 64
-    likelihood: str = "bernoulli"
-    gaussian_sigma: float = 0.1
-    top_k_percent: float = 5.0
-    residual_sigma: float = 1.0
-    filtered_top_k_percent: float = 0.25
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_samples < 1 or self.batch_size < 1:
-            raise ValueError("n_samples and batch_size must be positive")
-        for name in ("top_k_percent", "filtered_top_k_percent"):
-            if not 0 < getattr(self, name) <= 100:
-                raise ValueError(f"{name} must be in (0, 100], got {getattr(self, name)}")
-        if self.residual_sigma < 0:
-            raise ValueError(f"residual_sigma must be >= 0, got {self.residual_sigma}")
 
 
 @dataclass

@@ -13,8 +13,8 @@ import torch
 
 from oct_vae.framework.params import MODEL_KEYS, SCORING_KEY, TRAIN_KEYS
 from oct_vae.training import distributed
+from oct_vae.training.config import TrainConfig
 from oct_vae.training.device import resolve_device
-from oct_vae.training.trainer import TrainConfig
 from oct_vae.vae.checkpoint import load_model
 from oct_vae.vae.detector import calibrate_checkpoint
 from oct_vae.vae.model import VAE, VAEConfig
