@@ -13,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test lint bench screenshots clean tracking-server
+.PHONY: install run test test-fast lint bench screenshots clean tracking-server
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ run: install
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The unit tests only: no Kedro session, server, notebook or subprocess run (tests marked
+# slow and tests/e2e/ are left out); about a minute on 2 cores.
+test-fast: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" --ignore=tests/e2e
 
 lint: install
 	$(BIN)/ruff check .
