@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+import contextlib
+
 from benchmarks.oct2017_tree import TreeSpec, build  # noqa: E402
 
 STAGES = {  # the first node of each stage, in run order
@@ -85,10 +87,8 @@ class Sampler:
             rss = 0
             try:
                 for p in [proc, *proc.children(recursive=True)]:
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         rss += p.memory_info().rss
-                    except psutil.Error:
-                        pass
             except psutil.Error:
                 break
             self.samples.append((time.time(), rss, folder_bytes(self.folder)))
@@ -99,10 +99,8 @@ def folder_bytes(folder: Path) -> int:
     total = 0
     for dirpath, _, names in os.walk(folder):
         for name in names:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
     return total
 
 

@@ -20,14 +20,14 @@ class Clock:
 def test_logs_rate_and_eta_every_interval_and_a_summary_at_the_end(caplog):
     clock = Clock()
     log = logging.getLogger("test.progress")
-    with caplog.at_level(logging.INFO, logger="test.progress"):
-        with Progress("decode", 1000, "scans", log, every_s=10, bar=False, clock=clock) as p:
-            clock.now += 5
-            p.update(100)  # 5 s in: no line yet
-            clock.now += 5
-            p.update(100)  # 10 s in: 200 done, 20/s, 800 left -> 40 s
-            clock.now += 10
-            p.update(300)
+    progress = Progress("decode", 1000, "scans", log, every_s=10, bar=False, clock=clock)
+    with caplog.at_level(logging.INFO, logger="test.progress"), progress as p:
+        clock.now += 5
+        p.update(100)  # 5 s in: no line yet
+        clock.now += 5
+        p.update(100)  # 10 s in: 200 done, 20/s, 800 left -> 40 s
+        clock.now += 10
+        p.update(300)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "decode: 200/1,000 scans (20%), 20 scans/s, ETA 40 s",
@@ -49,7 +49,7 @@ def test_unknown_total_gives_no_eta_and_slow_rates_keep_their_decimals():
 
 
 def test_an_exception_inside_logs_no_summary(caplog):
-    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError):
-        with Progress("train", 10, "batches", bar=False):
-            raise RuntimeError("boom")
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError), Progress(
+            "train", 10, "batches", bar=False):
+        raise RuntimeError("boom")
     assert not [r for r in caplog.records if "train:" in r.getMessage()]
