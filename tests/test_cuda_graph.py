@@ -12,9 +12,10 @@ import torch
 
 from oct_vae.data.phantom import layered_scans
 from oct_vae.training import fast_path
+from oct_vae.training.checkpointing import resume_key
 from oct_vae.training.cuda_graph import _restored
 from oct_vae.training.fast_path import graph_choice
-from oct_vae.training.trainer import TrainConfig, Trainer, _resume_key
+from oct_vae.training.trainer import TrainConfig, Trainer
 from oct_vae.vae.model import VAEConfig
 
 MODEL = VAEConfig(image_size=32, width=8, latent_dim=16, n_blocks=3)
@@ -116,7 +117,7 @@ def test_cpu_trainer_runs_without_a_graph_and_refuses_on(data):
 
 
 def test_a_run_resumes_with_or_without_the_graph():
-    assert _resume_key(_cfg(cuda_graph="off")) == _resume_key(_cfg(cuda_graph="auto"))
+    assert resume_key(_cfg(cuda_graph="off")) == resume_key(_cfg(cuda_graph="auto"))
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_result(data, monkeypa
         return fails
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    with caplog.at_level(logging.WARNING, logger="oct_vae.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="oct_vae.training.steps"):
         fallback = train_vae(train, val, MODEL, _cfg(compile="on"))
     assert "training eagerly" in caplog.text
     assert _max_diff(eager.checkpoint["state_dict"], fallback.checkpoint["state_dict"]) == 0

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from oct_vae.vae.model import VAE, VAEConfig, count_parameters
+from oct_vae.vae.model import VAE, VAEConfig, count_parameters, reparameterize
 
 
 def test_paper_architecture_shapes():
@@ -57,3 +59,18 @@ def test_sample_false_is_deterministic():
     a, _, _ = model(x, sample=False)
     b, _, _ = model(x, sample=False)
     assert torch.equal(a, b)
+
+
+def test_one_reparameterisation_for_drawn_and_given_noise():
+    gen = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(4, 8, 1, 1, generator=gen), torch.randn(4, 8, 1, 1, generator=gen)
+    eps = torch.randn(4, 8, 1, 1, generator=torch.Generator().manual_seed(5))
+    z = reparameterize(mu, logvar, eps)
+    assert torch.equal(z, mu + torch.exp(0.5 * logvar) * eps)  # sigma = exp(logvar / 2)
+    # the model's sampling draws eps ~ N(0, I) of mu's shape, then reparameterises it
+    drawn = VAE.reparameterize(mu, logvar, torch.Generator().manual_seed(5))
+    assert torch.equal(drawn, z)
+    # z ~ N(mu, exp(logvar)): over many draws the spread is sigma, not the variance
+    mu1, logvar1 = torch.full((20_000,), 2.0), torch.full((20_000,), math.log(9.0))
+    sample = VAE.reparameterize(mu1, logvar1, torch.Generator().manual_seed(1))
+    assert abs(sample.mean().item() - 2.0) < 0.1 and abs(sample.std().item() - 3.0) < 0.1

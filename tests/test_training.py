@@ -2,12 +2,14 @@ import numpy as np
 import pytest
 import torch
 
+from oct_vae.training.batches import batch_count
 from oct_vae.training.device import resolve_device
 from oct_vae.training.distributed import train as train_vae
+from oct_vae.training.steps import TrainStep
 from oct_vae.training.trainer import NonFiniteLossError, TrainConfig, Trainer, to_float_batch
 from oct_vae.vae.checkpoint import load_model
 from oct_vae.vae.losses import negative_elbo
-from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.model import VAE, VAEConfig, reparameterize
 
 MODEL = VAEConfig(image_size=32, width=4, latent_dim=8, n_blocks=3)
 
@@ -156,3 +158,24 @@ def test_bad_inputs_are_clear_errors():
         Trainer(train[:0], val, MODEL, _cfg())
     with pytest.raises(ValueError, match="likelihood"):
         _cfg(likelihood="laplace")
+
+
+def test_training_step_is_the_negative_elbo_of_the_given_noise():
+    torch.manual_seed(0)
+    model = VAE(MODEL)
+    x = to_float_batch(torch.from_numpy(_data()[0][:6]))
+    eps = torch.randn((6, MODEL.latent_dim, 1, 1), generator=torch.Generator().manual_seed(1))
+    terms = TrainStep(model, _cfg(), amp=False, device_type="cpu")(x, eps)
+    mu, logvar = model.encode(x)
+    want = negative_elbo(model.decode(reparameterize(mu, logvar, eps)), x, mu, logvar)
+    assert torch.equal(terms, torch.stack([want["recon"], want["kl"], want["total"]]))
+    other = TrainStep(model, _cfg(), amp=False, device_type="cpu")(x, eps + 1.0)
+    assert other[0] != terms[0]  # the noise passed in is the noise used
+
+
+def test_batch_count_keeps_global_batches_and_skips_a_tail_smaller_than_the_ranks():
+    assert batch_count(41, 16, 1) == 3  # 16, 16, 9
+    assert batch_count(41, 16, 2) == 3  # the tail of 9 is split over 2 ranks
+    assert batch_count(33, 16, 1) == 3  # one process trains on every image
+    assert batch_count(33, 16, 2) == 2  # a tail of 1 cannot give both ranks an image
+    assert batch_count(32, 16, 4) == 2

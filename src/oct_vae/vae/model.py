@@ -27,7 +27,16 @@ from torch import nn
 
 from oct_vae.vae.config import VAEConfig
 
-__all__ = ["VAE", "VAEConfig", "count_parameters"]
+__all__ = ["VAE", "VAEConfig", "count_parameters", "reparameterize"]
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mu + exp(logvar / 2) * eps (Kingma & Welling 2014, eq. 10), for given noise eps.
+
+    The one reparameterisation of the project: the model's sampling, the training step and
+    the scores all call it. It casts nothing; a caller under autocast casts ``eps`` and ``z``.
+    """
+    return mu + torch.exp(0.5 * logvar) * eps
 
 
 def _widths(config: VAEConfig) -> list[int]:
@@ -108,9 +117,9 @@ class VAE(nn.Module):
     def reparameterize(
         mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10)."""
+        """``reparameterize`` with fresh noise eps ~ N(0, I) of mu's shape and dtype."""
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps
+        return reparameterize(mu, logvar, eps)
 
     @torch.no_grad()
     def init_output_bias(self, mean_intensity: float) -> None:

@@ -35,7 +35,7 @@ import torch
 
 from oct_vae.vae.config import EXTRA_SCORES, ScoreConfig
 from oct_vae.vae.losses import kl_divergence, reconstruction_nll
-from oct_vae.vae.model import VAE
+from oct_vae.vae.model import VAE, reparameterize
 
 
 @dataclass
@@ -82,12 +82,11 @@ def score_batch(model: VAE, x: torch.Tensor, config: ScoreConfig) -> BatchScores
     mu, logvar = mu.float(), logvar.float()
     kl = kl_divergence(mu, logvar)
     eps = posterior_noise(config, tuple(mu.shape[1:]), mu.device)
-    std = torch.exp(0.5 * logvar)
     nll = torch.zeros(x.shape[0], device=x.device)
     mean = torch.zeros(x.shape, device=x.device)
     sq = torch.zeros(x.shape, device=x.device)
     for i in range(config.n_samples):
-        logits = model.decode(mu + std * eps[i]).float()
+        logits = model.decode(reparameterize(mu, logvar, eps[i])).float()
         nll += reconstruction_nll(logits, x, config.likelihood, config.gaussian_sigma)
         img = expected_image(logits)
         mean += img
