@@ -27,6 +27,7 @@ run fails, so the test suite can run it on a small tree (tests/test_rehearse.py)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,8 +42,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import contextlib
-
 from benchmarks.oct2017_tree import TreeSpec, build  # noqa: E402
 
 STAGES = {  # the first node of each stage, in run order
