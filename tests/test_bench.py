@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_step_flops_are_forward_plus_backward_of_the_paper_model():
-    config = VAEConfig()  # width 64, latent 300, 128x128
+    config = VAEConfig(width=64)  # the paper's: width 64, latent 300, 128x128
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         VAE(config)(torch.rand(1, 1, 128, 128))

@@ -34,7 +34,8 @@ def _images(n=6, seed=0):
 
 def test_paper_scores_match_a_direct_computation():
     model, imgs = _model(), _images()
-    config = ScoreConfig(n_samples=3, batch_size=4, seed=11)
+    # reconstruction_nll's likelihood (bernoulli unless told), stated: not ScoreConfig's default
+    config = ScoreConfig(n_samples=3, batch_size=4, seed=11, likelihood="bernoulli")
     got = score_images(model, imgs, config, torch.device("cpu"))
     # direct, one image at a time: z_i = mu + sigma * eps_i with the seeded draws eps_1..eps_L
     eps = torch.randn((3, 8, 1, 1), generator=torch.Generator().manual_seed(11))

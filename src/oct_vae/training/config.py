@@ -19,12 +19,15 @@ SWITCHES = ("auto", "on", "off")
 class TrainConfig:
     """Optimisation settings.
 
+    The defaults are the project's (``oct_vae.framework.params.OptimiserParams``, the
+    schema of ``train``, and conf/base/parameters_train.yml); a test keeps them equal.
+
     Attributes:
         epochs: Passes over the training normals (the paper: 40).
-        batch_size: Images per step.
+        batch_size: Images per step (the paper gives none; conf/kermany: 64).
         lr: Adam learning rate (the paper: 1e-4).
         beta: Weight of the KL term (1 = the ELBO).
-        likelihood: ``bernoulli`` or ``gaussian`` pixel likelihood.
+        likelihood: ``gaussian`` or ``bernoulli`` pixel likelihood (docs/model.md).
         gaussian_sigma: Pixel standard deviation of the Gaussian likelihood.
         seed: Seeds initialisation, shuffling and sampling.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -54,10 +57,10 @@ class TrainConfig:
     """
 
     epochs: int = 40
-    batch_size: int = 64
+    batch_size: int = 16
     lr: float = 1e-4
     beta: float = 1.0
-    likelihood: str = "bernoulli"
+    likelihood: str = "gaussian"
     gaussian_sigma: float = 0.1
     seed: int = 0
     device: str = "auto"

@@ -32,18 +32,22 @@ def check_likelihood(likelihood: str) -> str:
 class VAEConfig:
     """Every size of the model.
 
+    The defaults are the project's (``oct_vae.framework.params.ModelParams`` and
+    conf/base); a test keeps them equal.
+
     Attributes:
         image_size: Side of the square input: a multiple of ``2**n_blocks`` (32 for the
             paper's 5 blocks), at least 8; e.g. 32, 64, 96, 128.
         in_channels: Image channels (OCT is grayscale: 1).
-        width: Channels of the first encoder block (the paper: 64).
+        width: Channels of the first encoder block (the paper: 64, conf/kermany; the
+            narrower 8 is conf/base's, for a CPU).
         latent_dim: Size of the latent code (the paper: 300).
         n_blocks: Stride-2 blocks in the encoder and in the decoder (the paper: 5).
     """
 
     image_size: int = 128
     in_channels: int = 1
-    width: int = 64
+    width: int = 8
     latent_dim: int = 300
     n_blocks: int = 5
 
@@ -74,6 +78,9 @@ class VAEConfig:
 class ScoreConfig:
     """How to score.
 
+    The defaults are the project's (``oct_vae.framework.params.ScoringParams`` and, for
+    the likelihood and its sigma, ``OptimiserParams``); a test keeps them equal.
+
     Attributes:
         n_samples: L, posterior samples per image (the paper: 10).
         batch_size: Images per forward pass.
@@ -88,7 +95,7 @@ class ScoreConfig:
 
     n_samples: int = 10
     batch_size: int = 64
-    likelihood: str = "bernoulli"
+    likelihood: str = "gaussian"
     gaussian_sigma: float = 0.1
     top_k_percent: float = 5.0
     residual_sigma: float = 1.0

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from oct_vae.framework.params import MODEL_KEYS, SCORING_KEY, TRAIN_KEYS
+from oct_vae.framework.params import parse_train
 from oct_vae.training import distributed
 from oct_vae.training.config import TrainConfig
 from oct_vae.training.device import resolve_device
@@ -29,22 +29,15 @@ def split_train_params(
 ) -> tuple[VAEConfig, TrainConfig]:
     """Split ``params:train`` into the model's and the optimiser's settings.
 
+    The parameter schema (``oct_vae.framework.params.TrainSettings``) checks the values and
+    fills in the defaults of the keys left out; ``train.scoring`` is the calibration's.
+
     Raises:
-        ValueError: On a key that neither config knows (a typo in parameters_train.yml).
+        ParameterError: On a key the schema does not know (a typo in parameters_train.yml)
+            or a value it refuses, each named by its full key.
     """
-    unknown = set(params) - set(MODEL_KEYS) - set(TRAIN_KEYS) - {SCORING_KEY}
-    if unknown:
-        raise ValueError(
-            f"Unknown train parameter(s) {sorted(unknown)}; "
-            f"known: {sorted((*MODEL_KEYS, *TRAIN_KEYS))}"
-        )
-    model = VAEConfig(
-        image_size=image_size, **{k: v for k, v in params.items() if k in MODEL_KEYS}
-    )
-    train = TrainConfig(
-        seed=seed, device=device, **{k: v for k, v in params.items() if k in TRAIN_KEYS}
-    )
-    return model, train
+    settings = parse_train(params)
+    return settings.vae_config(image_size), settings.train_config(seed, device)
 
 
 def checkpoint_folders(
