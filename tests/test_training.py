@@ -165,9 +165,11 @@ def test_training_step_is_the_negative_elbo_of_the_given_noise():
     model = VAE(MODEL)
     x = to_float_batch(torch.from_numpy(_data()[0][:6]))
     eps = torch.randn((6, MODEL.latent_dim, 1, 1), generator=torch.Generator().manual_seed(1))
-    terms = TrainStep(model, _cfg(), amp=False, device_type="cpu")(x, eps)
+    cfg = _cfg()
+    terms = TrainStep(model, cfg, amp=False, device_type="cpu")(x, eps)
     mu, logvar = model.encode(x)
-    want = negative_elbo(model.decode(reparameterize(mu, logvar, eps)), x, mu, logvar)
+    want = negative_elbo(model.decode(reparameterize(mu, logvar, eps)), x, mu, logvar,
+                         cfg.likelihood, cfg.beta, cfg.gaussian_sigma)
     assert torch.equal(terms, torch.stack([want["recon"], want["kl"], want["total"]]))
     other = TrainStep(model, _cfg(), amp=False, device_type="cpu")(x, eps + 1.0)
     assert other[0] != terms[0]  # the noise passed in is the noise used
