@@ -1,6 +1,6 @@
 """Rendering one B-scan: the layered scene, lesions, choroid, speckle and export artefacts.
 
-The scene is rasterised at ``width // 4`` columns (at most 128, the model's input width) and
+The scene is rasterised at ``width // 4`` columns (16 to 128, the model's input width) and
 upsampled laterally; noise is added at full resolution. Only numpy is used.
 """
 
