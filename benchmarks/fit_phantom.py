@@ -7,20 +7,20 @@ as the check. Real scans are only read, never copied into the phantom.
 
 Steps, in order (each uses the values fitted before it):
 
-1. ``_NARROW_NOISE_FLOOR`` and ``_NARROW_LIFT`` (512-wide scans): for each noise floor the
+1. ``NARROW_NOISE_FLOOR`` and ``NARROW_LIFT`` (512-wide scans): for each noise floor the
    lift with the lowest L1 distance between the pooled 128x128 grey-level histograms (8-level
    bins) of 512-wide real and phantom scans; then the floor whose full-size share of pixels
    below 10 is closest to the real one (the lift alone fits 128x128 but empties the blacks).
-2. ``_WIDE_GAIN_SD``: coefficient of variation over wide (768/1536 px) scans of the grey-level
+2. ``WIDE_GAIN_SD``: coefficient of variation over wide (768/1536 px) scans of the grey-level
    standard deviation, phantom against real.
-3. ``_BRUCH_Y``: 5th, 50th and 95th percentiles over scans of the RPE row (median over columns
+3. ``BRUCH_Y``: 5th, 50th and 95th percentiles over scans of the RPE row (median over columns
    of the brightest row of the 128x128 image, white wedges ignored).
-4. ``_TONE_KNOTS``: the quantile map from the phantom's pooled 128x128 grey levels (< 250) to
+4. ``TONE_KNOTS``: the quantile map from the phantom's pooled 128x128 grey levels (< 250) to
    the real ones at fixed knots, identity below 48, composed with the current curve, twice.
 
 Usage:
     python benchmarks/fit_phantom.py [--real DIR ...] [--seeds 0 1]
-Prints the fitted constants last, as they are written in ``src/oct_vae/data/phantom.py``.
+Prints the fitted constants last, as they are written in ``src/oct_vae/data/phantom/fitted.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from realism import DEFAULT_REAL, load_real  # noqa: E402
 
 from benchmarks import realism_classifiers as R  # noqa: E402
-from oct_vae.data import phantom as ph  # noqa: E402
+from oct_vae.data.phantom import fitted  # noqa: E402
 
 EDGES = np.arange(0, 257, 8)
 KNOTS_IN = (0, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 255)
@@ -84,17 +84,17 @@ def pooled_levels(sets: list[R.ScanSet]) -> np.ndarray:
 def _grid(name: str, values, mismatch, real_value) -> float:  # noqa: ANN001
     best = None
     for v in values:
-        setattr(ph, name, v)
+        setattr(fitted, name, v)
         m, shown = mismatch()
         print(f"  {name} = {v}: {shown}")
         if best is None or m < best[0]:
             best = (m, v)
-    setattr(ph, name, best[1])
+    setattr(fitted, name, best[1])
     print(f"  -> {name} = {best[1]} (real: {real_value})", flush=True)
     return best[1]
 
 
-FITTED = ("_BRUCH_Y", "_NARROW_NOISE_FLOOR", "_NARROW_LIFT", "_WIDE_GAIN_SD", "_TONE_LUT")
+FITTED = ("BRUCH_Y", "NARROW_NOISE_FLOOR", "NARROW_LIFT", "WIDE_GAIN_SD", "TONE_LUT")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -102,12 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--real", type=Path, nargs="+", default=DEFAULT_REAL)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = p.parse_args(argv)
-    saved = {k: getattr(ph, k) for k in FITTED}
+    saved = {k: getattr(fitted, k) for k in FITTED}
     try:
         return fit(load_real(args.real), args.seeds)
-    finally:  # the fit sets the phantom's module constants as it goes; leave them as found
+    finally:  # the fit sets the phantom's fitted constants as it goes; leave them as found
         for k, v in saved.items():
-            setattr(ph, k, v)
+            setattr(fitted, k, v)
 
 
 def fit(real: R.ScanSet, seeds: list[int]) -> dict:
@@ -117,17 +117,17 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
     def fakes() -> list[R.ScanSet]:
         return [R.phantom_sample(counts, seed=s) for s in seeds]
 
-    ph._TONE_LUT = ph.tone_lut(((0, 0), (255, 255)))
+    fitted.TONE_LUT = fitted.tone_lut(((0, 0), (255, 255)))
     h_real, dark_real = hist_512(real), near_black_512(real)
     print("1. noise floor and lift of 512-wide scans: for each floor the lift with the lowest L1\n"
           "   distance of the 128x128 histograms; then the floor whose full-size share of\n"
           f"   pixels < 10 is closest to the real {dark_real:.3f}")
     best = None
     for floor in (5.0, 6.0, 7.0, 8.0, 9.0):
-        ph._NARROW_NOISE_FLOOR = floor
+        fitted.NARROW_NOISE_FLOOR = floor
         by_lift = []
         for lift in (1.0, 2.0, 3.0, 4.0, 5.0):
-            ph._NARROW_LIFT = lift
+            fitted.NARROW_LIFT = lift
             fs = fakes()
             by_lift.append((np.mean([np.abs(hist_512(f) - h_real).sum() for f in fs]), lift,
                             np.mean([near_black_512(f) for f in fs])))
@@ -136,8 +136,8 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
         if best is None or abs(dark - dark_real) < abs(best[2] - dark_real):
             best = (floor, lift, dark)
     floor, lift = best[0], best[1]
-    ph._NARROW_NOISE_FLOOR, ph._NARROW_LIFT = floor, lift
-    print(f"  -> _NARROW_NOISE_FLOOR = {floor}, _NARROW_LIFT = {lift}", flush=True)
+    fitted.NARROW_NOISE_FLOOR, fitted.NARROW_LIFT = floor, lift
+    print(f"  -> NARROW_NOISE_FLOOR = {floor}, NARROW_LIFT = {lift}", flush=True)
 
     print("2. extra log-gain spread of wide scans: CV of the grey-level std")
     cv_real = wide_contrast_cv(real)
@@ -146,7 +146,7 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
         cv = np.mean([wide_contrast_cv(f) for f in fakes()])
         return abs(cv - cv_real), f"CV {cv:.3f}"
 
-    gain_sd = _grid("_WIDE_GAIN_SD", [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], gain_mismatch,
+    gain_sd = _grid("WIDE_GAIN_SD", [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], gain_mismatch,
                     f"CV {cv_real:.3f}")
 
     print("3. range of Bruch's membrane row: RPE-row percentiles 5/50/95")
@@ -158,7 +158,7 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
 
     ranges = [(round(c - h, 2), round(c + h, 2))
               for c in (0.48, 0.50, 0.52) for h in (0.12, 0.14, 0.17)]
-    bruch = _grid("_BRUCH_Y", ranges, bruch_mismatch, f"q {np.round(q_real, 3)}")
+    bruch = _grid("BRUCH_Y", ranges, bruch_mismatch, f"q {np.round(q_real, 3)}")
 
     print("4. tone curve: quantile map of the pooled 128x128 grey levels, twice")
     r = pooled_levels([real])
@@ -168,9 +168,9 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
         f = pooled_levels(fakes())
         target = np.quantile(r, np.clip([(f <= k).mean() for k in knots], 0.0, 1.0))
         target[knots <= 48], target[-1] = knots[knots <= 48], 255.0
-        lut = ph._TONE_LUT.astype(np.float64)
+        lut = fitted.TONE_LUT.astype(np.float64)
         current = np.maximum.accumulate(np.rint(np.interp(lut[knots.astype(int)], knots, target)))
-        ph._TONE_LUT = ph.tone_lut(tuple(zip(KNOTS_IN, current)))
+        fitted.TONE_LUT = fitted.tone_lut(tuple(zip(KNOTS_IN, current)))
         shown = " ".join(f"{int(a)}->{int(b)}" for a, b in zip(knots, current))
         print(f"  iteration {it + 1}: {shown}")
     f = pooled_levels(fakes())
@@ -178,10 +178,10 @@ def fit(real: R.ScanSet, seeds: list[int]) -> dict:
     print(f"  pooled percentiles {qs}: real {np.percentile(r, qs)}, phantom {np.percentile(f, qs)}")
 
     tone = tuple((int(a), int(b)) for a, b in zip(KNOTS_IN, current))
-    fitted = {"_BRUCH_Y": bruch, "_NARROW_NOISE_FLOOR": floor, "_NARROW_LIFT": lift,
-              "_WIDE_GAIN_SD": gain_sd, "_TONE_KNOTS": tone}
-    print("\n" + "\n".join(f"{k} = {v}" for k, v in fitted.items()))
-    return fitted
+    result = {"BRUCH_Y": bruch, "NARROW_NOISE_FLOOR": floor, "NARROW_LIFT": lift,
+              "WIDE_GAIN_SD": gain_sd, "TONE_KNOTS": tone}
+    print("\n" + "\n".join(f"{k} = {v}" for k, v in result.items()))
+    return result
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,10 +20,15 @@ from oct_vae.data import phantom as ph
 from oct_vae.data.phantom import (
     CLASSES,
     PhantomConfig,
+    fitted,
+    generate,
     generate_phantom,
+    layered_scans,
+    render,
     render_bscan,
     sample_anatomy,
 )
+from oct_vae.data.phantom.anatomy import _L
 from oct_vae.framework.fileio import temp_path
 from tests.test_fileio import dead_pid
 
@@ -30,6 +36,21 @@ NAME_RE = re.compile(r"^(NORMAL|CNV|DME|DRUSEN)-\d+-\d+\.jpeg$")
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-sample"
 TINY = PhantomConfig(n_normal_patients=5, n_patients_per_disease=3, scans_per_patient=(1, 3),
                      wide_fraction=0.4, test_fraction=0.34, seed=11)
+# SHA-1 of rendered pixels (format 4), recorded before the module was split into a package
+# (issue #23). Any change to the renderer, its constants or its random streams changes them;
+# that needs a new FORMAT_VERSION and these re-recorded. (Recorded with numpy 2.4 on x86-64:
+# a numpy whose float32 exp/sin rounds differently may change a pixel too.)
+GOLDEN_RENDERS = {  # (label, width): render_bscan, severity 1.5, anatomy and scan seeds 21
+    ("NORMAL", 512): "da6863797ce39e87ce0f4508f699a6c2b0eabbd2",
+    ("CNV", 768): "539f4a4cd28b3cdccb47c472bca853b1cb9b8ebe",
+    ("DME", 1536): "8e23193debb90849a2af24af356793d0ba8ba44d",
+    ("DRUSEN", 512): "7597ff485db7ce2b4cd63e42aa008b6d6d9e25d6",
+}
+GOLDEN_SCANS = {  # (label, patient, n): scan_image of TINY
+    ("NORMAL", 1234567, 2): "3428a4b0a6edfbdd321d2d76a389c0e3c5eae355",
+    ("DME", 7654321, 1): "6591c2b64f3a65321ef61f8edecbfff41d51288c",
+}
+GOLDEN_LAYERED = "a5dd3c440ed9287320b98c9d4285a2fb7bc8c0fb"  # layered_scans(300, 64, seed=5)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -50,6 +71,19 @@ def test_render_shape_dtype_and_label_check() -> None:
         assert 10 < img.mean() < 120 and img.std() > 15
     with pytest.raises(ValueError, match="unknown label"):
         render_bscan("AMD", anatomy, np.random.default_rng(1))
+
+
+def test_rendering_is_bit_identical_to_the_recorded_scans() -> None:
+    anatomy = sample_anatomy(np.random.default_rng([21, 1]))
+    config = PhantomConfig(severity=1.5)
+    for (label, width), digest in GOLDEN_RENDERS.items():
+        img = render_bscan(label, anatomy, np.random.default_rng([21, 2]), width, 496, config)
+        assert img.shape == (496, width) and img.dtype == np.uint8
+        assert hashlib.sha1(img.tobytes()).hexdigest() == digest, (label, width)
+    for (label, pid, n), digest in GOLDEN_SCANS.items():
+        img = ph.scan_image(TINY, label, pid, n)
+        assert hashlib.sha1(img.tobytes()).hexdigest() == digest, (label, pid, n)
+    assert hashlib.sha1(layered_scans(300, 64, seed=5).tobytes()).hexdigest() == GOLDEN_LAYERED
 
 
 def test_patients_differ_and_anatomy_is_deterministic() -> None:
@@ -85,7 +119,7 @@ def test_layout_and_naming(tiny: tuple[Path, dict]) -> None:
     assert {s for _, s in owner.values()} == {"train", "test"}
     meta = json.loads((root / ph.META_NAME).read_text())
     assert meta["config"]["seed"] == 11 and meta["format_version"] == ph.FORMAT_VERSION
-    assert not (root / ph._PARTIAL_NAME).exists()
+    assert not (root / generate._PARTIAL_NAME).exists()
 
 
 def test_same_seed_same_bytes_any_workers(tiny: tuple[Path, dict], tmp_path: Path) -> None:
@@ -143,8 +177,8 @@ def test_interrupted_generation_is_completed(tmp_path: Path) -> None:
     reference = _files(root)
     # simulate a crash: no phantom.json yet, the partial marker and some files missing
     (root / ph.META_NAME).unlink()
-    (root / ph._PARTIAL_NAME).write_text(json.dumps(
-        {"config": ph._config_dict(cfg), "format_version": ph.FORMAT_VERSION}))
+    (root / generate._PARTIAL_NAME).write_text(json.dumps(
+        {"config": generate._config_dict(cfg), "format_version": ph.FORMAT_VERSION}))
     victim = root / sorted(reference)[0]
     victim.unlink()
     stale = temp_path(victim, pid=dead_pid())  # a killed writer's leftover
@@ -161,8 +195,9 @@ def test_interrupted_generation_is_completed(tmp_path: Path) -> None:
     assert _files(root) == reference
     # an interrupted run of another configuration is not mixed in
     (root / ph.META_NAME).unlink()
-    (root / ph._PARTIAL_NAME).write_text(json.dumps(
-        {"config": {**ph._config_dict(cfg), "seed": 6}, "format_version": ph.FORMAT_VERSION}))
+    (root / generate._PARTIAL_NAME).write_text(json.dumps(
+        {"config": {**generate._config_dict(cfg), "seed": 6},
+         "format_version": ph.FORMAT_VERSION}))
     with pytest.raises(ValueError, match=r"configuration stored vs requested: \{'seed': \(6, 5\)"):
         generate_phantom(root, cfg)
 
@@ -185,7 +220,7 @@ def test_foreign_image_folder_is_refused(tmp_path: Path) -> None:
 def _bounds(label: str, seed: int, width: int = 512) -> np.ndarray:
     """Layer boundaries (ILM .. Bruch, choroid) of ``_pair``'s scan, per full-res column."""
     anatomy = sample_anatomy(np.random.default_rng([seed, 1]))
-    sc, _ = ph._scene(label, anatomy, np.random.default_rng([seed, 2]), width, 496,
+    sc, _ = render._scene(label, anatomy, np.random.default_rng([seed, 2]), width, 496,
                       PhantomConfig())
     cols = np.minimum(np.arange(width) * sc.s.shape[0] // width, sc.s.shape[0] - 1)
     return sc.bounds[:, cols]
@@ -217,7 +252,7 @@ def test_lesions_are_local_and_in_the_expected_direction(label: str) -> None:
         changed = np.abs(diff) > 50
         assert changed.any(), "the lesion must change the image"
         assert changed.mean() < 0.08 and _bbox_fraction(changed) < 0.4
-        ilm, bruch = b[0][None, :], b[ph._L["SUB"] + 1][None, :]
+        ilm, bruch = b[0][None, :], b[_L["SUB"] + 1][None, :]
         # brightening by lifted RPE / deposits / SHRM (moderately reflective in v2); fluid
         bright, dark = diff > 70, diff < -50
         if label in ("CNV", "DRUSEN"):
@@ -234,7 +269,7 @@ def test_lesions_are_local_and_in_the_expected_direction(label: str) -> None:
             sick_b = _bounds("DME", seed)
             inside = (rows > sick_b[0][None, :]) & (rows < bruch)
             assert dark.sum() > 50 and (dark & inside).sum() > 0.9 * dark.sum()
-            thick_n, thick_d = bruch[0] - ilm[0], sick_b[ph._L["SUB"] + 1] - sick_b[0]
+            thick_n, thick_d = bruch[0] - ilm[0], sick_b[_L["SUB"] + 1] - sick_b[0]
             assert (thick_d - thick_n).max() > 15 and (thick_d >= thick_n - 1e-3).all()
 
 
@@ -326,8 +361,8 @@ def test_tone_curve_lut_is_the_monotone_interpolation_of_its_knots() -> None:
     lut = ph.tone_lut(((0, 0), (100, 120), (255, 255)))
     assert lut[50] == 60 and lut[100] == 120 and lut[255] == 255
     assert np.all(np.diff(lut.astype(int)) >= 0)
-    assert np.all(np.diff(ph._TONE_LUT.astype(int)) >= 0) and ph._TONE_LUT[255] == 255
-    assert np.array_equal(ph._TONE_LUT[:49], np.arange(49))  # identity below 48
+    assert np.all(np.diff(fitted.TONE_LUT.astype(int)) >= 0) and fitted.TONE_LUT[255] == 255
+    assert np.array_equal(fitted.TONE_LUT[:49], np.arange(49))  # identity below 48
     for bad in (((0, 0), (0, 10), (255, 255)), ((0, 0), (100, 50), (200, 40)), ((0, 0, 0),)):
         with pytest.raises(ValueError, match="tone knots"):
             ph.tone_lut(bad)
@@ -338,16 +373,31 @@ def test_wide_gain_spread_acts_on_wide_scans_only(monkeypatch: pytest.MonkeyPatc
                                                   changes: bool) -> None:
     anatomy = sample_anatomy(np.random.default_rng(4))
     before = render_bscan("NORMAL", anatomy, np.random.default_rng(9), width)
-    monkeypatch.setattr(ph, "_WIDE_GAIN_SD", ph._WIDE_GAIN_SD + 0.5)
+    monkeypatch.setattr(fitted, "WIDE_GAIN_SD", fitted.WIDE_GAIN_SD + 0.5)
     after = render_bscan("NORMAL", anatomy, np.random.default_rng(9), width)
     assert (not np.array_equal(before, after)) is changes
 
 
+def test_the_renderer_reads_the_fitted_constants_when_it_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks/fit_phantom.py sets them on the ``fitted`` module while it searches
+    anatomy = sample_anatomy(np.random.default_rng(4))
+    base = {w: render_bscan("NORMAL", anatomy, np.random.default_rng(9), w) for w in (512, 768)}
+    for name, width in (("NARROW_NOISE_FLOOR", 512), ("NARROW_LIFT", 512), ("NOISE_FLOOR", 768),
+                        ("WIDE_BLACK_LEVEL", 768)):
+        with monkeypatch.context() as m:
+            m.setattr(fitted, name, getattr(fitted, name) + 3.0)
+            after = render_bscan("NORMAL", anatomy, np.random.default_rng(9), width)
+            assert not np.array_equal(after, base[width]), name
+    monkeypatch.setattr(fitted, "BRUCH_Y", (0.25, 0.25))
+    assert sample_anatomy(np.random.default_rng(4)).bruch_y == 0.25
+
+
 def test_the_display_tone_curve_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     anatomy = sample_anatomy(np.random.default_rng(4))
-    curved, lut = render_bscan("NORMAL", anatomy, np.random.default_rng(9), 512), ph._TONE_LUT
+    curved, lut = render_bscan("NORMAL", anatomy, np.random.default_rng(9), 512), fitted.TONE_LUT
     assert not np.array_equal(lut, np.arange(256))
-    monkeypatch.setattr(ph, "_TONE_LUT", ph.tone_lut(((0, 0), (255, 255))))
+    monkeypatch.setattr(fitted, "TONE_LUT", ph.tone_lut(((0, 0), (255, 255))))
     flat = render_bscan("NORMAL", anatomy, np.random.default_rng(9), 512)
     wedge = (curved == 255) & (flat == 255)
     assert np.array_equal(curved[~wedge], lut[flat[~wedge]])

@@ -189,11 +189,7 @@ def decode_scans(
     pixels = np.zeros((len(paths), size, size), dtype=np.uint8)
     results: list[DecodeResult] = [DecodeResult(i) for i in range(len(paths))]
     workers = resolve_workers(workers)
-    chunks = [
-        (list(range(i, min(i + chunk_size, len(paths)))), size, max_pixels)
-        for i in range(0, len(paths), chunk_size)
-    ]
-    tasks = [([paths[i] for i in idx], idx, s, m) for idx, s, m in chunks]
+    tasks = _chunk_tasks(paths, size, max_pixels, chunk_size)
     bar = _progress_bar(len(paths), progress)
     workers = min(workers, len(tasks)) if len(tasks) > 1 else 1
     for chunk_results, chunk_pixels in _run_chunks(tasks, workers, 3 * workers):
@@ -204,6 +200,17 @@ def decode_scans(
         bar.update(len(chunk_results))
     bar.close()
     return pixels, results
+
+
+def _chunk_tasks(
+    paths: Sequence[str], size: int, max_pixels: int, chunk_size: int
+) -> list[tuple[list[str], list[int], int, int]]:
+    """:func:`decode_scans`' tasks: ``chunk_size`` paths, their indices, size and limit."""
+    chunks = [
+        (list(range(i, min(i + chunk_size, len(paths)))), size, max_pixels)
+        for i in range(0, len(paths), chunk_size)
+    ]
+    return [([paths[i] for i in idx], idx, s, m) for idx, s, m in chunks]
 
 
 def resolve_workers(workers: int) -> int:
@@ -250,18 +257,22 @@ def iter_decoded(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     workers = resolve_workers(workers)
     in_flight = max_in_flight if max_in_flight is not None else 2 * workers
-    tasks = (
-        (
-            list(paths[i : i + batch_size]),
-            list(range(i, min(i + batch_size, len(paths)))),
-            size,
-            max_pixels,
-        )
-        for i in range(0, len(paths), batch_size)
-    )
+    tasks = _batch_tasks(paths, size, max_pixels, batch_size)
     n_batches = -(-len(paths) // batch_size)
     for results, pixels in _run_chunks(tasks, min(workers, max(n_batches, 1)), in_flight):
         yield (results[0].index if results else 0), results, pixels
+
+
+def _batch_tasks(
+    paths: Sequence[str], size: int, max_pixels: int, batch_size: int
+) -> Iterator[tuple[list[str], list[int], int, int]]:
+    """:func:`iter_decoded`'s tasks, made lazily: ``batch_size`` paths, their indices, size
+    and limit."""
+    return (
+        (list(paths[i : i + batch_size]), list(range(i, min(i + batch_size, len(paths)))), size,
+         max_pixels)
+        for i in range(0, len(paths), batch_size)
+    )
 
 
 def bounded_map(
@@ -330,13 +341,8 @@ class _NoBar:
 
 
 def decode_until_full(
-    paths: Sequence[str],
-    first: Sequence[int],
-    queues: dict[str, list[int]],
-    quota: int,
-    size: int,
-    max_pixels: int,
-    workers: int = 0,
+    paths: Sequence[str], first: Sequence[int], queues: dict[str, list[int]], quota: int,
+    size: int, max_pixels: int, workers: int = 0,
 ) -> tuple[np.ndarray, dict[int, DecodeResult]]:
     """Decode ``first`` and, from each class's ``queues`` (candidate indices in draw order),
     just enough files to fill ``quota`` decodable scans per class.
@@ -357,9 +363,7 @@ def decode_until_full(
     decoded: dict[int, DecodeResult] = {}
     parts: list[np.ndarray] = []
     while True:
-        for label, queue in queues.items():
-            todo += queue[: wanted[label]]
-            queues[label] = queue[wanted[label] :]
+        todo += _take(queues, wanted)
         pixels, results = decode_scans([paths[i] for i in todo], size, max_pixels, workers)
         offset = sum(len(p) for p in parts)
         parts.append(pixels)
@@ -367,12 +371,25 @@ def decode_until_full(
             decoded[i] = dataclasses.replace(result, index=row + offset)
             if not result.reason and i in label_of:
                 valid[label_of[i]] += 1
-        wanted = {
-            label: 2 * (quota - valid[label]) + 8 if valid[label] < quota and queues[label] else 0
-            for label in queues
-        }
+        wanted = _shortfall(queues, valid, quota)
         if not any(wanted.values()):
             break
         todo = []
     return (parts[0] if len(parts) == 1 else np.concatenate(parts)), decoded
 
+
+def _take(queues: dict[str, list[int]], wanted: dict[str, int]) -> list[int]:
+    """Remove the first ``wanted[label]`` indices from each class's queue and return them."""
+    taken: list[int] = []
+    for label, queue in queues.items():
+        taken += queue[: wanted[label]]
+        queues[label] = queue[wanted[label] :]
+    return taken
+
+
+def _shortfall(queues: dict[str, list[int]], valid: dict[str, int], quota: int) -> dict[str, int]:
+    """Files to decode next per class: twice its shortfall plus 8, while its queue lasts."""
+    return {
+        label: 2 * (quota - valid[label]) + 8 if valid[label] < quota and queues[label] else 0
+        for label in queues
+    }

@@ -35,10 +35,8 @@ OFFICIAL_TEST_FOLDER = "test"
 OFFICIAL_TEST_EXCLUSION = "patient in the official test set"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
-_NAME = re.compile(
-    r"^(?P<label>[A-Z]+)-(?P<patient>[0-9A-Za-z]+)-(?P<number>\d+)\.(?:jpe?g|png)$",
-    re.IGNORECASE,
-)
+_NAME = re.compile(r"^(?P<label>[A-Z]+)-(?P<patient>[0-9A-Za-z]+)-(?P<number>\d+)\.(?:jpe?g|png)$",
+                   re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -90,29 +88,34 @@ def index_scans(paths: Iterable[str]) -> tuple[list[Scan], list[tuple[str, str]]
     rejected: list[tuple[str, str]] = []
     first_seen: dict[str, str] = {}
     for path in sorted(paths):
-        pure = PurePath(path)
-        folder = pure.parent.name
-        if pure.suffix.lower() not in IMAGE_EXTENSIONS:
-            rejected.append((path, f"not an image file name (extension {pure.suffix!r})"))
+        scan = _scan_of(path)
+        if isinstance(scan, str):
+            rejected.append((path, scan))
             continue
-        if folder.upper() not in CLASSES:
-            rejected.append((path, f"unknown class folder {folder!r}"))
-            continue
-        try:
-            label, patient, number = parse_scan_name(pure.name)
-        except ValueError as exc:
-            rejected.append((path, str(exc)))
-            continue
-        if label != folder.upper():
-            rejected.append((path, f"file name says {label} but it is in folder {folder!r}"))
-            continue
-        key = pure.name.lower()
+        key = PurePath(path).name.lower()
         if key in first_seen:
             rejected.append((path, f"duplicate file name of {first_seen[key]}"))
             continue
         first_seen[key] = path
-        scans.append(Scan(path, label, patient, number))
+        scans.append(scan)
     return scans, rejected
+
+
+def _scan_of(path: str) -> Scan | str:
+    """The scan at ``path``, or why the file is not one (see :func:`index_scans`)."""
+    pure = PurePath(path)
+    folder = pure.parent.name
+    if pure.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file name (extension {pure.suffix!r})"
+    if folder.upper() not in CLASSES:
+        return f"unknown class folder {folder!r}"
+    try:
+        label, patient, number = parse_scan_name(pure.name)
+    except ValueError as exc:
+        return str(exc)
+    if label != folder.upper():
+        return f"file name says {label} but it is in folder {folder!r}"
+    return Scan(path, label, patient, number)
 
 
 def patient_order(patients: Iterable[str], seed: int) -> list[str]:
@@ -131,26 +134,16 @@ def candidates(scans: Sequence[Scan], label: str, seed: int) -> list[int]:
     return [i for p in patient_order(by_patient, seed) for i in by_patient[p]]
 
 
-def split_scans(
-    scans: Sequence[Scan],
-    val_fraction: float,
-    test_normals: int,
-    test_per_disease: int,
-    max_train_normals: int | None,
-    seed: int,
-) -> dict[str, list[int]]:
+def split_scans(scans: Sequence[Scan], val_fraction: float, test_normals: int,
+                test_per_disease: int, max_train_normals: int | None,
+                seed: int) -> dict[str, list[int]]:
     """Split scans patient-disjointly into training and validation normals and a test set.
 
     The test set takes ``test_per_disease`` scans of each disease and ``test_normals``
-    normals, drawing patients in :func:`patient_order` and taking all their scans until
-    the count is reached; the last patient drawn is truncated. Truncating keeps the
-    paper's exact test composition (200 + 3 x 100) while every patient still belongs to
-    one split: the truncated patient's other scans are left out, not moved to training.
-    Any patient with a test scan (of any class) is excluded from training and validation.
-    Validation takes whole normal patients, in order, while that brings its scan count
-    closer to ``val_fraction`` of the training + validation normals; training gets the
-    remaining patients, capped at ``max_train_normals`` scans. Diseased scans are only
-    ever test scans.
+    normals, whole patients at a time in :func:`patient_order` (:func:`_paper_test`). Any
+    patient with a test scan (of any class) is excluded from training and validation.
+    Validation takes whole normal patients, training the rest (:func:`_train_val`).
+    Diseased scans are only ever test scans.
 
     Args:
         scans: Decodable scans.
@@ -167,9 +160,25 @@ def split_scans(
         ValueError: Too few scans or patients for the requested sizes; the message says
             which parameter to lower.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"ingest.val_fraction must be in [0, 1), got {val_fraction}")
+    _check_val_fraction(val_fraction)
     check_enough_scans(scans, test_normals, test_per_disease)
+    test, test_patients = _paper_test(scans, test_normals, test_per_disease, seed)
+    pool = _by_patient(scans, "NORMAL")
+    order = [p for p in patient_order(pool, seed) if p not in test_patients]
+    advice = f"lower --params ingest.test_normals={test_normals} (or ingest.val_fraction)"
+    train, val = _train_val(order, pool, val_fraction, max_train_normals, advice)
+    return _sorted_splits(scans, train, val, test)
+
+
+def _paper_test(scans: Sequence[Scan], test_normals: int, test_per_disease: int,
+                seed: int) -> tuple[list[int], set[str]]:
+    """The test set of :func:`split_scans` and its patients.
+
+    Per class, patients are drawn in :func:`patient_order` and all their scans taken until
+    the quota is reached; the last patient drawn is truncated. Truncating keeps the paper's
+    exact test composition (200 + 3 x 100) while every patient still belongs to one split:
+    the truncated patient's other scans are left out, not moved to training.
+    """
     test: list[int] = []
     test_patients: set[str] = set()
     for label in DISEASES + ("NORMAL",):
@@ -177,11 +186,18 @@ def split_scans(
         taken = candidates(scans, label, seed)[:quota]
         test += taken
         test_patients |= {scans[i].patient_id for i in taken}
+    return test, test_patients
 
-    pool = _by_patient(scans, "NORMAL")
-    order = [p for p in patient_order(pool, seed) if p not in test_patients]
-    advice = f"lower --params ingest.test_normals={test_normals} (or ingest.val_fraction)"
-    train, val = _train_val(order, pool, val_fraction, max_train_normals, advice)
+
+def _check_val_fraction(val_fraction: float) -> None:
+    """Raise ``ValueError`` unless ``val_fraction`` lies in [0, 1)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"ingest.val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def _sorted_splits(scans: Sequence[Scan], train: list[int], val: list[int],
+                   test: list[int]) -> dict[str, list[int]]:
+    """The splits, each sorted by path, after checking that no patient is in two."""
     splits = {
         name: sorted(idx, key=lambda i: scans[i].path)
         for name, idx in (("train", train), ("val", val), ("test", test))
@@ -193,9 +209,8 @@ def split_scans(
 def check_protocol(protocol: str) -> None:
     """Raise ``ValueError`` unless ``protocol`` is one of :data:`PROTOCOLS`."""
     if protocol not in PROTOCOLS:
-        raise ValueError(
-            f"ingest.protocol={protocol!r}: must be one of {', '.join(map(repr, PROTOCOLS))}"
-        )
+        raise ValueError(f"ingest.protocol={protocol!r}: must be one of "
+                         f"{', '.join(map(repr, PROTOCOLS))}")
 
 
 def in_official_test(path: str) -> bool:
@@ -205,20 +220,14 @@ def in_official_test(path: str) -> bool:
     return len(parts) >= 3 and parts[-3].lower() == OFFICIAL_TEST_FOLDER
 
 
-def official_split(
-    scans: Sequence[Scan],
-    val_fraction: float,
-    max_train_normals: int | None,
-    seed: int,
-) -> tuple[dict[str, list[int]], list[int]]:
+def official_split(scans: Sequence[Scan], val_fraction: float, max_train_normals: int | None,
+                   seed: int) -> tuple[dict[str, list[int]], list[int]]:
     """The literature's protocol: the dataset's own ``test`` folder is the test set.
 
     Every scan under a ``test/<CLASS>/`` folder (:func:`in_official_test`) is a test scan,
     whatever the count per class (OCT2017: 250 per class), so results can be set beside
-    published tables. Kermany's own division is not documented to be patient-disjoint,
-    so the normal scans outside that folder of any patient who has a scan in it (of any
-    class) are left out of training and validation, and returned for the record
-    (:data:`OFFICIAL_TEST_EXCLUSION`). Validation takes whole normal patients of the rest
+    published tables. Normal scans outside that folder of patients who have a scan in it
+    are left out (:func:`_official_pool`). Validation takes whole normal patients of the rest
     (as in :func:`split_scans`), training the others, capped at ``max_train_normals``.
     Diseased scans outside the test folder are not used.
 
@@ -237,26 +246,14 @@ def official_split(
         ValueError: No test folder, no normal or no diseased test scan, or too few normal
             patients left for training and validation.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"ingest.val_fraction must be in [0, 1), got {val_fraction}")
+    _check_val_fraction(val_fraction)
     test = _official_test(scans)
-    test_patients = {scans[i].patient_id for i in test}
-    outside = set(range(len(scans))) - set(test)
-    pool_all = _by_patient(scans, "NORMAL", outside)
-    excluded = [i for p in pool_all if p in test_patients for i in pool_all[p]]
-    pool = {p: idx for p, idx in pool_all.items() if p not in test_patients}
+    pool, excluded = _official_pool(scans, test)
     order = patient_order(pool, seed)
-    advice = (
-        f"the official test set's patients leave {len(order)} normal patient(s); lower "
-        "--params ingest.val_fraction, or use ingest.protocol=paper"
-    )
+    advice = (f"the official test set's patients leave {len(order)} normal patient(s); lower "
+              "--params ingest.val_fraction, or use ingest.protocol=paper")
     train, val = _train_val(order, pool, val_fraction, max_train_normals, advice)
-    splits = {
-        name: sorted(idx, key=lambda i: scans[i].path)
-        for name, idx in (("train", train), ("val", val), ("test", test))
-    }
-    check_patient_disjoint({k: [scans[i].patient_id for i in v] for k, v in splits.items()})
-    return splits, sorted(excluded, key=lambda i: scans[i].path)
+    return _sorted_splits(scans, train, val, test), sorted(excluded, key=lambda i: scans[i].path)
 
 
 def _official_test(scans: Sequence[Scan]) -> list[int]:
@@ -274,13 +271,24 @@ def _official_test(scans: Sequence[Scan]) -> list[int]:
     return test
 
 
-def _train_val(
-    order: Sequence[str],
-    pool: Mapping[str, Sequence[int]],
-    val_fraction: float,
-    max_train_normals: int | None,
-    advice: str,
-) -> tuple[list[int], list[int]]:
+def _official_pool(scans: Sequence[Scan],
+                   test: list[int]) -> tuple[dict[str, list[int]], list[int]]:
+    """Normal scans outside the test folder, by patient, and those left out of them.
+
+    Kermany's own division is not documented to be patient-disjoint, so the normal scans of
+    any patient who has a scan in the test folder (of any class) are left out of training
+    and validation, and returned for the record (:data:`OFFICIAL_TEST_EXCLUSION`).
+    """
+    test_patients = {scans[i].patient_id for i in test}
+    outside = set(range(len(scans))) - set(test)
+    pool_all = _by_patient(scans, "NORMAL", outside)
+    excluded = [i for p in pool_all if p in test_patients for i in pool_all[p]]
+    pool = {p: idx for p, idx in pool_all.items() if p not in test_patients}
+    return pool, excluded
+
+
+def _train_val(order: Sequence[str], pool: Mapping[str, Sequence[int]], val_fraction: float,
+               max_train_normals: int | None, advice: str) -> tuple[list[int], list[int]]:
     """Validation: whole patients of ``order`` nearest ``val_fraction`` of the scans;
     training: the other patients' scans, capped at ``max_train_normals``."""
     n_pool = sum(len(pool[p]) for p in order)
@@ -293,11 +301,9 @@ def _train_val(
     train = [i for p in order if p not in set(val_patients) for i in pool[p]]
     train = train[:max_train_normals] if max_train_normals is not None else train
     if not train or (val_fraction > 0 and not val):
-        raise ValueError(
-            f"only {len(order)} normal patient(s) remain after the test set, too few for "
-            f"training{' and validation' if val_fraction > 0 else ''}: {advice}, "
-            "or add normal scans"
-        )
+        raise ValueError(f"only {len(order)} normal patient(s) remain after the test set, too few "
+                         f"for training{' and validation' if val_fraction > 0 else ''}: {advice}, "
+                         "or add normal scans")
     return train, val
 
 
@@ -344,9 +350,8 @@ def check_patient_disjoint(patients_by_split: Mapping[str, Iterable[str]]) -> No
         raise ValueError(f"patients in two splits (leakage): {', '.join(sorted(shared)[:10])}")
 
 
-def find_test_duplicates(
-    splits: Mapping[str, Sequence[int]], hashes: Sequence[str]
-) -> dict[int, list[int]]:
+def find_test_duplicates(splits: Mapping[str, Sequence[int]],
+                         hashes: Sequence[str]) -> dict[int, list[int]]:
     """Training/validation scans whose pixels are identical to a test scan's.
 
     Args:
@@ -367,22 +372,19 @@ def find_test_duplicates(
     return dict(duplicates)
 
 
-def _by_patient(
-    scans: Sequence[Scan], label: str, keep: set[int] | None = None
-) -> dict[str, list[int]]:
+def _by_patient(scans: Sequence[Scan], label: str,
+                keep: set[int] | None = None) -> dict[str, list[int]]:
+    """``label``'s scan indices by patient (only those in ``keep``), by number then path."""
     by_patient: dict[str, list[int]] = defaultdict(list)
     for i, scan in enumerate(scans):
         if scan.label == label and (keep is None or i in keep):
             by_patient[scan.patient_id].append(i)
-    return {
-        p: sorted(idx, key=lambda i: (scans[i].number, scans[i].path))
-        for p, idx in by_patient.items()
-    }
+    return {p: sorted(idx, key=lambda i: (scans[i].number, scans[i].path))
+            for p, idx in by_patient.items()}
 
 
-def _choose_val_patients(
-    order: Sequence[str], pool: Mapping[str, Sequence[int]], target: int
-) -> list[str]:
+def _choose_val_patients(order: Sequence[str], pool: Mapping[str, Sequence[int]],
+                         target: int) -> list[str]:
     """Whole patients, in order, each added only if it brings the total closer to target."""
     chosen: list[str] = []
     total = 0
