@@ -11,27 +11,27 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_vae,
-                inputs=[
-                    "train_images",
-                    "val_images",
-                    "params:train",
-                    "params:seed",
-                    "params:device",
-                    "run_info",
-                ],
+                inputs={
+                    "train_images": "train_images",
+                    "val_images": "val_images",
+                    "params": "params:train",
+                    "seed": "params:seed",
+                    "device": "params:device",
+                    "run_info": "run_info",
+                },
                 outputs=["trained_vae", "training_history", "training_metrics"],
                 name="train_vae",
             ),
             Node(
                 calibrate_model,
-                inputs=[
-                    "trained_vae",
-                    "train_images",
-                    "val_images",
-                    "params:train.scoring",
-                    "params:seed",
-                    "params:device",
-                ],
+                inputs={
+                    "checkpoint": "trained_vae",
+                    "train_images": "train_images",
+                    "val_images": "val_images",
+                    "scoring": "params:train.scoring",
+                    "seed": "params:seed",
+                    "device": "params:device",
+                },
                 outputs=["vae_model", "vae_pytorch_model"],
                 name="calibrate_model",
             ),
