@@ -61,7 +61,7 @@ def vae_model() -> dict:
     val = rng.integers(0, 255, (20, 128, 128), dtype=np.uint8)
     meta = {"data_fingerprint": data_fingerprint(train, val), "image_size": 128}
     ckpt = make_checkpoint(VAE(config), config, TrainConfig(seed=0, device="cpu"), meta)
-    calibrated, _ = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
+    calibrated = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
     return calibrated
 
 

@@ -8,16 +8,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from oct_vae.framework.params import MODEL_KEYS, SCORING_KEY, TRAIN_KEYS
 from oct_vae.pipelines.train.run_folders import checkpoint_folders
 from oct_vae.training import distributed
 from oct_vae.training.config import TrainConfig
 from oct_vae.training.device import resolve_device
-from oct_vae.vae.checkpoint import load_model
 from oct_vae.vae.detector import calibrate_checkpoint
-from oct_vae.vae.model import VAE, VAEConfig
+from oct_vae.vae.model import VAEConfig
 from oct_vae.vae.scores import ScoreConfig
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ def calibrate_model(
     scoring: dict[str, Any],
     seed: int,
     device: str,
-) -> tuple[dict[str, Any], torch.nn.Module]:
+) -> dict[str, Any]:
     """Add what scoring needs to the checkpoint, from healthy scans only: the mean normal
     image, the latent Gaussian of the training normals, and every score of the validation
     normals (for percentiles and operating thresholds).
@@ -112,15 +110,13 @@ def calibrate_model(
         scoring: ``train.scoring`` (L, batch size, k, the filter), stored in the checkpoint.
 
     Returns:
-        The calibrated checkpoint (``vae_model``) and the bare network for MLflow's
-        PyTorch flavour.
+        The calibrated checkpoint (``vae_model``), the one model file of a run: the
+        checkpoint artifact, and what the served ``oct_vae_scorer`` packs.
     """
     tc = checkpoint["train_config"]
     score_config = ScoreConfig(
         **scoring, likelihood=tc["likelihood"], gaussian_sigma=tc["gaussian_sigma"], seed=seed
     )
-    calibrated = calibrate_checkpoint(
+    return calibrate_checkpoint(
         checkpoint, train_images, val_images, score_config, resolve_device(device)
     )
-    network: VAE = load_model(calibrated, "cpu")
-    return calibrated, network

@@ -32,7 +32,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "seed": "params:seed",
                     "device": "params:device",
                 },
-                outputs=["vae_model", "vae_pytorch_model"],
+                outputs="vae_model",
                 name="calibrate_model",
             ),
         ],
