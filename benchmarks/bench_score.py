@@ -108,7 +108,7 @@ def make_model() -> None:
     config = VAEConfig(image_size=128, width=train["width"], latent_dim=train["latent_dim"])
     meta = {"data_fingerprint": data_fingerprint(pixels[:192], pixels[192:]), "image_size": 128}
     ckpt = make_checkpoint(VAE(config), config, TrainConfig(seed=0, device="cpu"), meta)
-    calibrated, _ = calibrate_model(
+    calibrated = calibrate_model(
         ckpt,
         pixels[:192],
         pixels[192:],

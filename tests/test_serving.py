@@ -170,7 +170,7 @@ def checkpoint() -> dict:
     rng = np.random.default_rng(0)
     train = rng.integers(0, 255, (12, SIZE, SIZE), dtype=np.uint8)
     val = rng.integers(0, 255, (20, SIZE, SIZE), dtype=np.uint8)
-    calibrated, _ = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
+    calibrated = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
     return calibrated
 
 

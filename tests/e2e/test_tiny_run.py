@@ -14,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from oct_vae.framework.hooks import MissingInputsError
+from oct_vae.vae.checkpoint import load_model
 from tests.e2e.conftest import run_session
 from tests.helpers.project import copy_project
 
@@ -64,14 +65,13 @@ def test_mlflow_run_has_params_loss_history_metrics_and_model(tiny_project):
         "figures/roc_curves.png",
         "figures/score_distributions.png",
     } <= figures
-    # the trained network as an MLflow PyTorch model, loadable (a models:/ URI is looked up
-    # in the global tracking store, which an earlier test may have pointed elsewhere)
-    import mlflow.pytorch
-
-    mlflow.set_tracking_uri(tiny_project.tracking_uri)
+    # one model per run: the servable scorer (beside the checkpoint artifact), no pickled
+    # network; the checkpoint artifact rebuilds the trained network
     models = client.search_logged_models([run.info.experiment_id])
-    assert any(m.name == "vae_pytorch" for m in models)
-    net = mlflow.pytorch.load_model(next(m for m in models if m.name == "vae_pytorch").model_uri)
+    assert [m.name for m in models if m.source_run_id == run.info.run_id] == ["oct_vae_scorer"]
+    (artifact,) = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")]
+    local = client.download_artifacts(run.info.run_id, artifact, str(tiny_project.path / "dl"))
+    net = load_model(torch.load(local, weights_only=True), "cpu")
     logits, mu, _ = net(torch.rand(1, 1, 128, 128), sample=False)
     assert logits.shape == (1, 1, 128, 128) and mu.shape == (1, 300, 1, 1)
 

@@ -133,7 +133,6 @@ def test_viz_shows_every_pipeline_node_layer_and_tag(viz):
         "train_images": "model_input",
         "test_images": "model_input",
         "vae_model": "models",
-        "vae_pytorch_model": "models",
         "training_history": "model_output",
         "test_scores": "model_output",
         "auc_table": "reporting",
@@ -141,6 +140,7 @@ def test_viz_shows_every_pipeline_node_layer_and_tag(viz):
         "reconstruction_grid": "reporting",
         "score_distributions": "reporting",
     }.items() <= layer_of.items()
+    assert "vae_pytorch_model" not in nodes  # one model per run: vae_model (and the scorer)
     # every dataset written to disk sits in a layer (in-memory and MLflow metrics need none)
     unlayered = [
         n["name"]

@@ -46,11 +46,11 @@ def tiny_model_and_data():
     test = rng.integers(0, 255, (16, 128, 128), dtype=np.uint8)
     ckpt, history, metrics = train_vae(train, val, TRAIN, seed=0, device="cpu", run_info=RUN)
     assert len(history) == 1 and set(metrics) >= {"train_total", "val_total"}
-    model, network = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
-    # the bare network for MLflow holds the calibrated checkpoint's weights, in eval mode
-    assert not network.training
-    for key, value in model["state_dict"].items():
-        assert torch.equal(network.state_dict()[key], value), key
+    model = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
+    # calibration adds what scoring needs and keeps the trained weights
+    assert {"mean_normal", "latent_fit", "calibration"} <= set(model)
+    for key, value in ckpt["state_dict"].items():
+        assert torch.equal(model["state_dict"][key], value), key
     labels = ["NORMAL"] * 8 + ["CNV"] * 3 + ["DME"] * 3 + ["DRUSEN"] * 2
     test_rows = pd.DataFrame(
         {

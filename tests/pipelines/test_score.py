@@ -26,7 +26,7 @@ from oct_vae.framework.hooks import PRODUCERS
 from oct_vae.pipelines.inference.nodes import score_request
 from oct_vae.pipelines.score import create_pipeline
 from oct_vae.pipelines.score import heatmaps as heatmaps_module
-from oct_vae.pipelines.score import nodes as score_nodes
+from oct_vae.pipelines.score import stream as score_stream
 from oct_vae.pipelines.score.nodes import find_scans, score_scans
 from oct_vae.pipelines.train.nodes import calibrate_model
 from oct_vae.serving import scoring as serving
@@ -61,7 +61,7 @@ def vae_model() -> dict:
     val = rng.integers(0, 255, (20, 128, 128), dtype=np.uint8)
     meta = {"data_fingerprint": data_fingerprint(train, val), "image_size": 128}
     ckpt = make_checkpoint(VAE(config), config, TrainConfig(seed=0, device="cpu"), meta)
-    calibrated, _ = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
+    calibrated = calibrate_model(ckpt, train, val, SCORING, 0, "cpu")
     return calibrated
 
 
@@ -285,7 +285,7 @@ def test_heatmaps_off_draws_none(vae_model, tiny_phantom_dir, tmp_path, monkeypa
         raise AssertionError("no heatmap may be drawn")
 
     monkeypatch.setattr(heatmaps_module, "draw_heatmap", never)
-    monkeypatch.setattr(score_nodes, "reconstruct", never)
+    monkeypatch.setattr(score_stream, "reconstruct", never)
     heatmap_dir = tmp_path / "heatmaps"
     table = _run_score(vae_model, folder, heatmap_dir, heatmaps=False)
     assert table["heatmap"].isna().all() and table["error"].isna().sum() == 5

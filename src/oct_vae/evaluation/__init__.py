@@ -1,4 +1,5 @@
-"""Evaluation: AUCs and bootstrap intervals, the report, the figures.
+"""Evaluation: AUCs and bootstrap intervals, the report and its Markdown, the transfer test
+on real scans, the figures.
 
-Framework-free: numpy, pandas, scikit-learn and matplotlib.
+Framework-free: numpy, pandas, scikit-learn and matplotlib, and the project's detector.
 """

@@ -1,9 +1,10 @@
-"""The evaluation report: the long AUC table with bootstrap CIs, its Markdown, its MLflow
-metrics, and the transfer-to-real-scans section.
+"""The evaluation report: the long AUC table with bootstrap CIs (test split and real scans),
+its MLflow metrics and its provenance.
 
 Everything here is computed from score tables (one row per scan: path, label, patient_id
-and one column per score); ``oct_vae.evaluation.metrics`` holds the statistics. The evaluate
-pipeline's nodes are thin adapters over these functions.
+and one column per score); ``oct_vae.evaluation.metrics`` holds the statistics and
+``oct_vae.evaluation.markdown`` renders the tables. The evaluate pipeline's nodes are thin
+adapters over these functions.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import numpy as np
 import pandas as pd
 
 from oct_vae.data import kermany
+from oct_vae.evaluation import markdown
 from oct_vae.evaluation.metrics import (
     GROUPS,
-    PAPER_AUC,
-    PAPER_COLUMNS,
     ROW_NAMES,
     bootstrap_auc_draws,
-    format_cell,
     group_auc,
     group_auprc,
     interval,
@@ -65,10 +64,10 @@ def build_report(
     real_scan_scores: pd.DataFrame | None = None,
     flag_score: str | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """The long report table and its Markdown: the test split and, when
-    ``real_scan_scores`` has scored scans, the real scans (transfer). ``flag_score`` (the
-    score that flags scans, ``score.flag_score``) is named in the Markdown and marked in
-    the table's ``flags`` column.
+    """The long report table and its Markdown (``oct_vae.evaluation.markdown``): the test
+    split and, when ``real_scan_scores`` has scored scans, the real scans (transfer).
+    ``flag_score`` (``score.flag_score``) is named in the Markdown and marked in the
+    table's ``flags`` column.
 
     Returns:
         One row per dataset, level, score and column (``dataset`` is ``TEST_DATASET`` or
@@ -76,26 +75,27 @@ def build_report(
         scans in a section "Transfer to real scans", then "Provenance").
     """
     args = (calibration, n_bootstrap, specificity, seed)
-    report = report_rows(test_scores, *args)
-    report.insert(0, "dataset", TEST_DATASET)
+    report = _dataset_rows(TEST_DATASET, test_scores, *args)
     real = scored_real_scans(real_scan_scores)
-    real_report = None
-    if real is not None:
-        real_report = report_rows(real, *args)
-        real_report.insert(0, "dataset", REAL_DATASET)
+    real_report = None if real is None else _dataset_rows(REAL_DATASET, real, *args)
+    if real_report is not None:
         report = pd.concat([report, real_report], ignore_index=True)
     flag_row = ROW_NAMES.get(flag_score, flag_score) if flag_score else None
     report["flags"] = report["score"] == flag_row
     for key, value in provenance.items():
         report[key] = value
     test_part = report[report["dataset"] == TEST_DATASET]
-    markdown = render_markdown(test_part, specificity, n_bootstrap, flag_row)
+    text = markdown.render_markdown(test_part, specificity, n_bootstrap, flag_row)
     if real_report is not None:
-        markdown += render_transfer_markdown(test_part, real_report, real, real_scan_scores)
-    markdown += "\n## Provenance\n\n" + "".join(
-        f"- {key}: `{value}`\n" for key, value in provenance.items()
-    )
-    return report, markdown
+        text += markdown.render_transfer_markdown(test_part, real_report, real, real_scan_scores)
+    return report, text + markdown.render_provenance(provenance)
+
+
+def _dataset_rows(dataset: str, scores_table: pd.DataFrame, *args: Any) -> pd.DataFrame:
+    """``report_rows`` of one dataset, with the ``dataset`` column first."""
+    rows = report_rows(scores_table, *args)
+    rows.insert(0, "dataset", dataset)
+    return rows
 
 
 def report_rows(
@@ -208,86 +208,6 @@ def scored_real_scans(real_scan_scores: pd.DataFrame | None) -> pd.DataFrame | N
     return table
 
 
-def render_transfer_markdown(
-    test_report: pd.DataFrame,
-    real_report: pd.DataFrame,
-    real: pd.DataFrame,
-    real_scan_scores: pd.DataFrame,
-) -> str:
-    """The Markdown section "Transfer to real scans": the real scans' AUC tables, the All
-    column beside the test split's, and which score ranks first on each."""
-    columns = list(GROUPS)
-    counts = ", ".join(f"{n} {label}" for label, n in real["label"].value_counts().items())
-    n_bad = len(real_scan_scores) - len(real)
-    parts = [
-        "",
-        "## Transfer to real scans",
-        "",
-        f"{len(real)} real labelled scans ({counts}; {real['patient_id'].nunique()} patients) "
-        "from the `real_scans` folder, scored by this model as they are. They are never used "
-        "for training, thresholds or any choice: the thresholds are the validation normals' "
-        "(above). 95% CIs resample patients; with this few patients they are wide. "
-        f"{n_bad} file(s) were not scored; `real_scan_scores` lists each with the reason.",
-    ]
-    for level in ("image", "patient"):
-        parts += _auc_table(
-            f"### {level.capitalize()}-level AUC on real scans",
-            real_report[real_report["level"] == level], columns,
-        )
-    parts += [
-        "",
-        "### All column: test split beside real scans (image level)",
-        "",
-        "| score | test split AUC | real scans AUC | real scans sens. All | real scans spec. |",
-        "|---|---|---|---|---|",
-    ]
-    test_all = _all_rows(test_report)
-    real_all = _all_rows(real_report)
-    for score, r in real_all.iterrows():
-        t = test_all.loc[score] if score in test_all.index else None
-        test_cell = format_cell(t.auc, (t.ci_low, t.ci_high)) if t is not None else "n/a"
-        parts.append(
-            f"| {score} | {test_cell} | {format_cell(r.auc, (r.ci_low, r.ci_high))} | "
-            f"{format_cell(r.sensitivity)} | {format_cell(r.test_specificity)} |"
-        )
-    parts += ["", _best_line(test_all, real_all)]
-    return "\n".join(parts) + "\n"
-
-
-def _all_rows(report: pd.DataFrame) -> pd.DataFrame:
-    rows = report[(report["level"] == "image") & (report["column"] == "All")]
-    return rows.set_index("score")
-
-
-def _best_line(test_all: pd.DataFrame, real_all: pd.DataFrame) -> str:
-    """Which score has the highest All AUC on each; a score is best only if on both."""
-    best = {}
-    for name, table in (("test split", test_all), ("real scans", real_all)):
-        finite = table["auc"].astype(float).dropna()
-        best[name] = (finite.idxmax(), finite.max()) if len(finite) else ("n/a", np.nan)
-    (t_name, t_auc), (r_name, r_auc) = best["test split"], best["real scans"]
-    line = (
-        f"Highest image-level All AUC: test split {t_name} ({format_cell(t_auc)}); "
-        f"real scans {r_name} ({format_cell(r_auc)})."
-    )
-    if t_name != r_name and t_name in real_all.index:
-        line += (
-            f" {t_name} does not transfer as the best score: on the real scans it has "
-            f"{format_cell(real_all.loc[t_name, 'auc'])}."
-        )
-    return line
-
-
-def _auc_table(title: str, sub: pd.DataFrame, columns: list[str]) -> list[str]:
-    """A titled Markdown table: one row per score, AUC [95% CI] per column."""
-    lines = ["", title, "", "| score | " + " | ".join(columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for score, grp in sub.groupby("score", sort=False):
-        cells = {r.column: format_cell(r.auc, (r.ci_low, r.ci_high)) for r in grp.itertuples()}
-        lines.append(f"| {score} | " + " | ".join(cells[c] for c in columns) + " |")
-    return lines
-
-
 def provenance(vae_model: dict[str, Any], run_info: dict[str, Any]) -> dict[str, str]:
     """What a result was computed from: the run, the versions it read, the model's data."""
     versions = run_info.get("versions", {})
@@ -298,82 +218,3 @@ def provenance(vae_model: dict[str, Any], run_info: dict[str, Any]) -> dict[str,
     return out
 
 
-def render_markdown(
-    report: pd.DataFrame, specificity: float, n_bootstrap: int, flag_row: str | None = None
-) -> str:
-    """Markdown tables: AUC [95% CI] per level, then AUPRC and sensitivity at the threshold."""
-    parts = [
-        "# oct-vae results",
-        "",
-        f"AUC with 95% CI from {n_bootstrap} patient-level bootstrap resamples. "
-        "Urgent = CNV + DME vs normal. Paper rows first, then baselines, then new scores.",
-    ]
-    if flag_row:
-        parts += ["", f"Flag score (`score.flag_score`, what flags a scan as anomalous): "
-                      f"**{flag_row}**, at {specificity:.0%} specificity on validation normals "
-                      "(`score.specificity`)."]
-    columns = list(GROUPS)
-    for level in ("image", "patient"):
-        parts += _auc_table(
-            f"## {level.capitalize()}-level AUC", report[report["level"] == level], columns
-        )
-    parts += [
-        "",
-        "## Difference to the paper's reconstruction score, All column (paired bootstrap)",
-        "",
-        "| score | image level | patient level |",
-        "|---|---|---|",
-    ]
-    allcol = report[report["column"] == "All"]
-    for score, grp in allcol.groupby("score", sort=False):
-        cells = []
-        for level in ("image", "patient"):
-            r = grp[grp["level"] == level].iloc[0]
-            cells.append(_delta_cell(r.delta_vs_reconstruction, r.delta_ci_low, r.delta_ci_high))
-        parts.append(f"| {score} | " + " | ".join(cells) + " |")
-    sub = report[report["level"] == "image"]
-    parts += [
-        "",
-        f"## Image-level AUPRC and sensitivity at {specificity:.0%} specificity "
-        "(threshold from validation normals)",
-        "",
-        "| score | "
-        + " | ".join(f"AUPRC {c}" for c in columns)
-        + " | "
-        + " | ".join(f"Sens. {c}" for c in columns)
-        + " | test spec. |",
-        "|---" * (2 * len(columns) + 2) + "|",
-    ]
-    for score, grp in sub.groupby("score", sort=False):
-        by = {r.column: r for r in grp.itertuples()}
-        parts.append(
-            f"| {score} | "
-            + " | ".join(format_cell(by[c].auprc) for c in columns)
-            + " | "
-            + " | ".join(format_cell(by[c].sensitivity) for c in columns)
-            + f" | {format_cell(grp['test_specificity'].iloc[0])} |"
-        )
-    return "\n".join(parts) + "\n"
-
-
-def _delta_cell(delta: float, low: float, high: float) -> str:
-    if not np.isfinite(delta):
-        return "n/a"
-    better = " (better)" if low > 0 else " (worse)" if high < 0 else ""
-    return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}]{better}"
-
-
-def paper_layout(frame: pd.DataFrame) -> str:
-    """The AUC table beside the paper's numbers, as plain text for the log."""
-    header = f"{'':36s}" + "".join(f"{c:>14s}" for c in PAPER_COLUMNS)
-    lines = [header]
-    for _, row in frame.iterrows():
-        paper = PAPER_AUC.get(row["score"], {})
-        cells = "".join(
-            f"{format_cell(row[c]):>7s} | {paper[c]:.2f}"
-            if c in paper
-            else f"{format_cell(row[c]):>7s} |  -  "
-            for c in PAPER_COLUMNS
-        )
-        lines.append(f"{row['score']:36s}{cells}")
-    return "\n".join(lines)

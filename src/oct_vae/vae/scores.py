@@ -252,27 +252,37 @@ def score_images(
         k: [] for k in ("reconstruction", "kl", "vae", *EXTRA_SCORES)
     }
     for x in iter_batches(images, config.batch_size, device):
-        s = score_batch(model, x, config)
-        xs = x[:, 0].cpu().numpy().astype(np.float64)
-        recon = s.mean_reconstruction[:, 0].cpu().numpy().astype(np.float64)
-        cols["reconstruction"].append(s.reconstruction.cpu().numpy())
-        cols["kl"].append(s.kl.cpu().numpy())
-        cols["vae"].append(s.vae.cpu().numpy())
-        cols["topk_residual"].append(top_k_residual(xs, recon, config.top_k_percent))
-        cols["filtered_residual"].append(
-            filtered_residual(xs, recon, config.residual_sigma, config.filtered_top_k_percent)
-        )
-        cols["structural_residual"].append(structural_residual(xs, recon))
-        mu = s.mu.cpu().numpy()
-        cols["latent_distance"].append(
-            mahalanobis(mu, latent_fit) if latent_fit is not None else np.full(len(mu), np.nan)
-        )
-        cols["recon_uncertainty"].append(s.pixel_variance.flatten(1).mean(1).cpu().numpy())
+        for name, values in _batch_scores(model, x, config, latent_fit).items():
+            cols[name].append(values)
     out = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in cols.items()}
     out["baseline_mean_intensity"] = mean_intensity(images)
     if mean_normal is not None:
         out["baseline_distance_to_mean_normal"] = distance_to_mean_normal(images, mean_normal)
     return out
+
+
+def _batch_scores(
+    model: VAE, x: torch.Tensor, config: ScoreConfig, latent_fit: LatentGaussian | None
+) -> dict[str, np.ndarray]:
+    """The model's scores of one float batch (B, 1, H, W), keyed by score name."""
+    s = score_batch(model, x, config)
+    xs = x[:, 0].cpu().numpy().astype(np.float64)
+    recon = s.mean_reconstruction[:, 0].cpu().numpy().astype(np.float64)
+    mu = s.mu.cpu().numpy()
+    return {
+        "reconstruction": s.reconstruction.cpu().numpy(),
+        "kl": s.kl.cpu().numpy(),
+        "vae": s.vae.cpu().numpy(),
+        "topk_residual": top_k_residual(xs, recon, config.top_k_percent),
+        "filtered_residual": filtered_residual(
+            xs, recon, config.residual_sigma, config.filtered_top_k_percent
+        ),
+        "structural_residual": structural_residual(xs, recon),
+        "latent_distance": (
+            mahalanobis(mu, latent_fit) if latent_fit is not None else np.full(len(mu), np.nan)
+        ),
+        "recon_uncertainty": s.pixel_variance.flatten(1).mean(1).cpu().numpy(),
+    }
 
 
 @torch.no_grad()

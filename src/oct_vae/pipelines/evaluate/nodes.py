@@ -1,5 +1,5 @@
-"""Thin Kedro adapters over ``oct_vae.vae.detector``, ``oct_vae.evaluation.report`` and
-``oct_vae.evaluation.plots``."""
+"""Thin Kedro adapters over ``oct_vae.vae.detector`` and ``oct_vae.evaluation`` (``report``,
+``transfer``, ``markdown``, ``plots``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from oct_vae.data import imaging, kermany, lineage
-from oct_vae.evaluation import plots, report
+from oct_vae.data import lineage
+from oct_vae.evaluation import markdown, plots, report, transfer
 from oct_vae.evaluation.metrics import PAPER_COLUMNS, ROW_NAMES, auc_table, metric_key
 from oct_vae.training.device import resolve_device
 from oct_vae.vae.detector import AnomalyDetector
@@ -84,71 +84,30 @@ def score_real_scans(
     workers: int,
     device: str,
 ) -> pd.DataFrame:
-    """Transfer to real scans: every score of every real labelled scan in ``real_scans``.
-
-    The files are indexed like ingest does (``kermany.index_scans``: class from the folder
-    and the file name, patient id from the file name) and decoded exactly like ingest
-    (``imaging.decode_scans`` at the model's image size). These scans are only scored:
-    never used for training, thresholds or any choice.
+    """Transfer to real scans: every score of every real labelled scan in ``real_scans``,
+    indexed and decoded exactly like ingest, only scored (``oct_vae.evaluation.transfer``).
 
     Nothing is dropped silently: a file that is not a scan or cannot be decoded, and a
-    scan the model may have seen (pixels identical to a training or validation scan, or a
-    patient of the training or validation split), gets a row with empty scores and the
-    reason in ``error``. A missing or empty folder gives an empty table and one log line.
+    scan the model may have seen (its pixels or its patient in this manifest's training
+    or validation split), gets a row with empty scores and the reason in ``error``. A
+    missing or empty folder gives an empty table and one log line.
 
     Returns:
         One row per file: ``path`` (relative to the folder), ``label``, ``patient_id``,
         every score, ``error``.
     """
-    names = report.score_columns(pd.DataFrame(columns=list(vae_model["calibration"])))
-    columns = [*ID_COLUMNS, *names, ERROR_COLUMN]
     if real_scans is None or len(real_scans) == 0:
         log.info(
             "transfer to real scans skipped: no files in the real_scans folder "
             "(default ../shared/data next to the project; set it with --params real_dir=<folder>)"
         )
-        return pd.DataFrame(columns=columns)
-    size = int(vae_model["model_config"]["image_size"])
-    out, pixels, keep = _decode_real_scans(
-        real_scans, size, max_image_pixels, workers, _training_data(oct_manifest)
+        return pd.DataFrame(columns=transfer.real_scan_columns(vae_model))
+    seen = transfer.seen_by_model(oct_manifest)
+    out = transfer.score_real_scans(
+        real_scans, vae_model, seen, max_image_pixels, workers, resolve_device(device)
     )
-    for name in names:
-        out[name] = np.nan
-    if keep:
-        detector = AnomalyDetector(vae_model, resolve_device(device))
-        scores = detector.score(pixels[[i for _, i in keep]])
-        for name in names:
-            out.loc[[r for r, _ in keep], name] = scores[name]
-    out = out[columns].sort_values("path", ignore_index=True)
     _log_real_scans(out)
     return out
-
-
-def _decode_real_scans(
-    real_scans: pd.DataFrame, size: int, max_pixels: int, workers: int,
-    seen: tuple[set[str], set[str]],
-) -> tuple[pd.DataFrame, np.ndarray, list[tuple[int, int]]]:
-    """Index and decode the files as ingest does; one row per file with its reason when it
-    is not scored. Returns the rows, the decoded pixels, and (row, pixel row) to score."""
-    keys = real_scans["key"].astype(str).tolist()
-    files = dict(zip(keys, real_scans["path"].astype(str), strict=True))
-    scans, rejected = kermany.index_scans(keys)
-    pixels, results = imaging.decode_scans(
-        [files[s.path] for s in scans], size=size, max_pixels=max_pixels, workers=workers,
-        progress=False,
-    )
-    rows: list[dict[str, Any]] = [
-        {"path": path, "label": "", "patient_id": "", ERROR_COLUMN: reason}
-        for path, reason in rejected
-    ]
-    keep = []
-    for i, (scan, result) in enumerate(zip(scans, results, strict=True)):
-        reason = result.reason or _seen_reason(scan, result.sha1, seen)
-        rows.append({"path": scan.path, "label": scan.label, "patient_id": scan.patient_id,
-                     ERROR_COLUMN: reason})
-        if not reason:
-            keep.append((len(rows) - 1, i))
-    return pd.DataFrame(rows, columns=[*ID_COLUMNS, ERROR_COLUMN]), pixels, keep
 
 
 def _log_real_scans(out: pd.DataFrame) -> None:
@@ -162,21 +121,6 @@ def _log_real_scans(out: pd.DataFrame) -> None:
     )
 
 
-def _training_data(oct_manifest: pd.DataFrame) -> tuple[set[str], set[str]]:
-    """SHA-1s and patient ids of the training and validation rows (what the model saw)."""
-    rows = oct_manifest[oct_manifest["split"].isin(["train", "val"])]
-    return set(rows["sha1"].astype(str)), set(rows["patient_id"].astype(str))
-
-
-def _seen_reason(scan: kermany.Scan, sha1: str, seen: tuple[set[str], set[str]]) -> str:
-    hashes, patients = seen
-    if sha1 in hashes:
-        return "identical pixels to a training or validation scan of the model"
-    if scan.patient_id in patients:
-        return f"patient {scan.patient_id} is in the model's training or validation split"
-    return ""
-
-
 def build_auc_table(test_scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The paper's AUC table (rows: scores; columns: CNV, DME, Drusen, All), logged beside
     the paper's own numbers, and every cell as an MLflow metric."""
@@ -186,7 +130,7 @@ def build_auc_table(test_scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     frame = pd.DataFrame(
         [{"score": row, **cells} for row, cells in table.items()], columns=["score", *PAPER_COLUMNS]
     )
-    log.info("AUC table (this run | paper):\n%s", report.paper_layout(frame))
+    log.info("AUC table (this run | paper):\n%s", markdown.paper_layout(frame))
     metrics = {
         metric_key("auc", name, col): {
             "value": float(table[ROW_NAMES.get(name, name)][col]),
@@ -224,12 +168,12 @@ def build_statistical_report(
     """
     calibration = {k: v.numpy() for k, v in vae_model["calibration"].items()}
     provenance = report.provenance(vae_model, run_info)
-    table, markdown = report.build_report(
+    table, text = report.build_report(
         test_scores, calibration, n_bootstrap, specificity, seed, provenance, real_scan_scores,
         flag_score,
     )
-    log.info("Extended results:\n%s", markdown)
-    return table, markdown
+    log.info("Extended results:\n%s", text)
+    return table, text
 
 
 def collect_report_metrics(auc_report: pd.DataFrame) -> dict[str, Any]:

@@ -38,22 +38,19 @@ def score_request(
 ) -> pd.DataFrame:
     """Score each base64 scan of a request; a row that cannot be scored gets an ``error``.
 
-    The request as a whole is checked first (column, rows, total base64 size), before any
-    row is decoded. The network is built once per checkpoint, not per request
-    (``serving.DETECTORS``). Logs one line per request: rows, scored, errors and seconds,
-    or why the request was refused.
+    The request as a whole is checked before any row is decoded (``_checked_request``);
+    the network is built once per checkpoint, not per request (``serving.DETECTORS``).
+    Logs one line per request: rows, scored, errors and seconds, or why it was refused.
 
     Returns:
         One row per request row (``id`` first when given), JSON-ready: ``None``, not NaN,
         in the score cells of failed rows.
 
     Raises:
-        MlflowException: No ``image_b64`` column, no rows, too many rows or too many bytes
-            (the model server answers HTTP 400 with this reason).
+        MlflowException: The request as a whole is refused (HTTP 400, with the reason).
     """
     start = time.perf_counter()
     values = _checked_request(scoring_request, max_request_rows, max_request_bytes)
-    n_rows = len(values)
     try:
         detector = serving.DETECTORS.get(scorer_checkpoint, resolve_device(device))
         decoded = serving.decode_request(
@@ -62,20 +59,25 @@ def score_request(
         out = pd.DataFrame(serving.score_decoded(detector, decoded, flag_score, specificity))
     except Exception:
         # Kedro's own report of a failed node is silenced in the served model.
-        _logger.exception("scoring a request of %d rows failed", n_rows)
+        _logger.exception("scoring a request of %d rows failed", len(values))
         raise
     if ID_COLUMN in scoring_request.columns:
         out.insert(0, ID_COLUMN, scoring_request[ID_COLUMN].tolist())
-    n_ok = int(decoded.ok.sum())
+    _log_scored(len(values), int(decoded.ok.sum()), start)
+    return out.astype(object).where(out.notna(), None)
+
+
+def _log_scored(n_rows: int, n_ok: int, start: float) -> None:
     _logger.info("scored a request: %d rows, %d scored, %d errors, %.2f s",
                  n_rows, n_ok, n_rows - n_ok, time.perf_counter() - start)
-    return out.astype(object).where(out.notna(), None)
 
 
 def _checked_request(
     scoring_request: pd.DataFrame, max_request_rows: int, max_request_bytes: int
 ) -> list[Any]:
-    """The request's base64 cells, once the request as a whole passed its checks.
+    """The request's base64 cells, once the request as a whole passed its checks: an
+    ``image_b64`` column, at least one and at most ``max_request_rows`` rows, at most
+    ``max_request_bytes`` of base64 text in all.
 
     Raises:
         MlflowException: What is wrong with the request (HTTP 400).

@@ -35,17 +35,17 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 score_request,
-                inputs=[
-                    "scorer_checkpoint",
-                    INPUT_NAME,
-                    "params:ingest.max_image_pixels",
-                    "params:score.max_image_bytes",
-                    "params:score.max_request_rows",
-                    "params:score.flag_score",
-                    "params:score.specificity",
-                    "params:device",
-                    "params:score.max_request_bytes",
-                ],
+                inputs={
+                    "scorer_checkpoint": "scorer_checkpoint",
+                    "scoring_request": INPUT_NAME,
+                    "max_image_pixels": "params:ingest.max_image_pixels",
+                    "max_image_bytes": "params:score.max_image_bytes",
+                    "max_request_rows": "params:score.max_request_rows",
+                    "flag_score": "params:score.flag_score",
+                    "specificity": "params:score.specificity",
+                    "device": "params:device",
+                    "max_request_bytes": "params:score.max_request_bytes",
+                },
                 outputs="scoring_response",
                 name="score_request",
             )

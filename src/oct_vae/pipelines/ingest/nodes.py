@@ -1,4 +1,5 @@
-"""Nodes of the ``ingest`` pipeline: thin adapters over ``oct_vae.data.kermany`` and ``imaging``."""
+"""Nodes of the ``ingest`` pipeline: thin adapters over ``oct_vae.data.kermany``,
+``imaging`` and ``plan``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from oct_vae.data import imaging, kermany
+from oct_vae.pipelines.ingest.plan import decode_order, draw_splits
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def decode_scans(
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Decode every normal scan and just enough diseased scans to fill the test quotas.
 
-    Diseased scans are decoded in draw order (``kermany.candidates``) with a margin;
+    Diseased scans are decoded in draw order (``plan.decode_order``) with a margin;
     when rejects leave a quota short, the next candidates are decoded, until it is full
     or the class runs out, so decoding failures never shrink the test set. With
     ``protocol="official"`` the quotas do not apply: every normal scan and every
@@ -83,21 +85,20 @@ def decode_scans(
     """
     scans = _to_scans(scan_index)
     files = scan_index["file" if "file" in scan_index.columns else "path"].astype(str).tolist()
-    kermany.check_protocol(protocol)
-    normals = [i for i, s in enumerate(scans) if s.label == "NORMAL"]
-    if protocol == "official":  # the dataset's own test folder, no quotas
-        first = normals + [
-            i for i, s in enumerate(scans)
-            if s.label != "NORMAL" and kermany.in_official_test(s.path)
-        ]
-        queues: dict[str, list[int]] = {}
-    else:
-        kermany.check_enough_scans(scans, test_normals, test_per_disease)
-        first = normals
-        queues = {label: kermany.candidates(scans, label, seed) for label in kermany.DISEASES}
+    first, queues = decode_order(scans, protocol, test_normals, test_per_disease, seed)
     pixels, decoded = imaging.decode_until_full(
         files, first, queues, test_per_disease, image_size, max_image_pixels, workers
     )
+    table, rejected = _decoded_table(scan_index, scans, decoded)
+    _warn_rejects(rejected, "decoding")
+    return table, pixels, _rejects_frame(rejected)
+
+
+def _decoded_table(
+    scan_index: pd.DataFrame, scans: list[kermany.Scan], decoded: dict[int, imaging.DecodeResult]
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """The decodable scans' index rows (sorted by path) with width, height, sha1 and
+    ``pixel_row``, and the (path, reason) of every scan that was not decodable."""
     valid = sorted((i for i, r in decoded.items() if not r.reason), key=lambda i: scans[i].path)
     table = scan_index.iloc[valid].reset_index(drop=True)
     table["width"] = [decoded[i].width for i in valid]
@@ -105,8 +106,7 @@ def decode_scans(
     table["sha1"] = [decoded[i].sha1 for i in valid]
     table["pixel_row"] = [decoded[i].index for i in valid]
     rejected = [(scans[i].path, r.reason) for i, r in sorted(decoded.items()) if r.reason]
-    _warn_rejects(rejected, "decoding")
-    return table, pixels, _rejects_frame(rejected)
+    return table, rejected
 
 
 def split_scans(
@@ -118,16 +118,14 @@ def split_scans(
     seed: int,
     protocol: str = "paper",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split patient-disjointly and remove test duplicates.
+    """Split patient-disjointly (``plan.draw_splits``) and remove test duplicates.
 
-    ``protocol="paper"``: ``kermany.split_scans`` (our own draw, the test quotas).
-    ``protocol="official"``: ``kermany.official_split`` (the dataset's own test folder;
-    the quotas do not apply); normal scans of patients in that folder are left out of
-    training and validation, counted in the log and listed in the rejects with the reason
-    ``kermany.OFFICIAL_TEST_EXCLUSION``.
-
-    A training or validation scan whose decoded 128x128 pixels are identical to a test
-    scan's (same SHA-1) is dropped and named in the test row's ``duplicate_of``.
+    ``protocol="paper"``: our own draw, with the test quotas. ``protocol="official"``: the
+    dataset's own test folder; normal scans of its patients are left out of training and
+    validation, counted in the log and listed in the rejects with the reason
+    ``kermany.OFFICIAL_TEST_EXCLUSION``. A training or validation scan whose decoded
+    pixels are identical to a test scan's (same SHA-1) is dropped and named in the test
+    row's ``duplicate_of``.
 
     Returns:
         ``oct_manifest`` (MANIFEST_COLUMNS, rows grouped by split in train, val, test
@@ -135,7 +133,7 @@ def split_scans(
         duplicates; under ``official`` also the excluded test-set patients' scans).
     """
     scans = _to_scans(decoded_scans)
-    splits, excluded = _draw_splits(
+    splits, excluded = draw_splits(
         scans, protocol, val_fraction, test_normals, test_per_disease, max_train_normals, seed
     )
     duplicates = kermany.find_test_duplicates(splits, decoded_scans["sha1"].tolist())
@@ -144,36 +142,22 @@ def split_scans(
     kermany.check_patient_disjoint(
         {s: manifest.loc[manifest["split"] == s, "patient_id"] for s in kermany.SPLITS}
     )
+    leaks = _leak_rejects(scans, dropped, excluded)
+    log.info("split (patient-disjoint): %s", manifest.groupby(["split", "label"]).size().to_dict())
+    return manifest, _rejects_frame(leaks)
+
+
+def _leak_rejects(
+    scans: list[kermany.Scan], dropped: dict[int, int], excluded: list[int]
+) -> list[tuple[str, str]]:
+    """The dropped test duplicates (each logged) and the excluded test-set patients' scans
+    (counted in one log line by ``plan.draw_splits``: this is the protocol)."""
     leaks = [
         (scans[i].path, f"identical pixels to test scan {scans[t].path}; dropped from training")
         for i, t in sorted(dropped.items())
     ]
     _warn_rejects(leaks, "leakage check")
-    # Counted in one log line above, not one warning per file: this is the protocol.
-    leaks += [(scans[i].path, kermany.OFFICIAL_TEST_EXCLUSION) for i in excluded]
-    log.info("split (patient-disjoint): %s", manifest.groupby(["split", "label"]).size().to_dict())
-    return manifest, _rejects_frame(leaks)
-
-
-def _draw_splits(
-    scans: list[kermany.Scan], protocol: str, val_fraction: float, test_normals: int,
-    test_per_disease: int, max_train_normals: int | None, seed: int,
-) -> tuple[dict[str, list[int]], list[int]]:
-    """The split of ``protocol`` and the scans it leaves out (official: test-set patients)."""
-    kermany.check_protocol(protocol)
-    if protocol != "official":
-        splits = kermany.split_scans(
-            scans, val_fraction, test_normals, test_per_disease, max_train_normals, seed
-        )
-        return splits, []
-    splits, excluded = kermany.official_split(scans, val_fraction, max_train_normals, seed)
-    log.info(
-        "protocol official: test set = the dataset's own test folder (%d scans); "
-        "%d normal scan(s) of %d patient(s) left out of training and validation: %s",
-        len(splits["test"]), len(excluded), len({scans[i].patient_id for i in excluded}),
-        kermany.OFFICIAL_TEST_EXCLUSION,
-    )
-    return splits, excluded
+    return leaks + [(scans[i].path, kermany.OFFICIAL_TEST_EXCLUSION) for i in excluded]
 
 
 def _manifest(

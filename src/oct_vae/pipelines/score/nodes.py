@@ -1,4 +1,5 @@
-"""Nodes of the ``score`` pipeline: adapters over ``imaging``, ``serving`` and ``heatmaps``."""
+"""Nodes of the ``score`` pipeline: adapters over ``stream`` (``imaging``, ``serving``,
+``heatmaps``)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 
-from oct_vae.data import imaging, lineage
+from oct_vae.data import lineage
 from oct_vae.datasets.scan_folder_dataset import list_files
 from oct_vae.pipelines.score.heatmaps import HeatmapSpool
+from oct_vae.pipelines.score.stream import score_stream
 from oct_vae.serving import scoring as serving
 from oct_vae.training.device import resolve_device
 from oct_vae.vae.detector import AnomalyDetector
-from oct_vae.vae.scores import reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,9 @@ def score_scans(
     device: str,
     heatmaps: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Decode each file as ingest does (``load_scan``), score it, and draw its heatmap.
-
-    The folder is streamed: files are decoded in batches of ``score_config.batch_size`` on
-    ``workers`` processes (``imaging.iter_decoded``, a few batches in flight), each batch
-    is scored as it comes (``serving.score_decoded``: a scan's scores do not depend on its
-    batch), and its heatmaps are drawn on ``workers`` processes into a temporary folder
-    (``heatmaps.HeatmapSpool``). Memory holds a few batches, the table's rows and the
-    heatmaps' file names, whatever the folder's size.
+    """Decode each file as ingest does (``load_scan``), score it, and draw its heatmap,
+    streaming the folder (``stream.score_stream``: a few batches in memory, whatever the
+    folder's size).
 
     Args:
         heatmaps: ``score.heatmaps``; ``False``: none drawn, the ``heatmap`` column empty.
@@ -79,46 +73,16 @@ def score_scans(
     serving.check_flag_score(detector, flag_score)
     run = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H.%M.%S.%f")[:-3] + "Z"
     names = score_files["key"].tolist()
-    cols: dict[str, list[Any]] = {"heatmap": []}
     spool = HeatmapSpool(workers) if heatmaps else None
-    threads = torch.get_num_threads()
-    if imaging.resolve_workers(workers) > 1:
-        # A core is left to the decoding (and drawing) processes: torch's threads would
-        # otherwise spin-wait against them (4x slower on a busy 2-core machine).
-        torch.set_num_threads(max(1, threads - 1))
-    try:
-        batches = imaging.iter_decoded(
-            score_files["path"].tolist(), detector.image_size, max_image_pixels, workers,
-            batch_size=detector.score_config.batch_size,
-        )
-        for start, results, pixels in batches:
-            decoded = serving.Decoded(pixels, [r.reason or None for r in results])
-            _score_batch(cols, detector, decoded, flag_score, specificity, spool,
-                         names[start:], run)
-        drawn = spool.close() if spool is not None else {}
-    except BaseException:
-        if spool is not None:
-            spool.abort()
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    cols, drawn = score_stream(
+        detector, score_files["path"].tolist(), names, spool, run, max_pixels=max_image_pixels,
+        workers=workers, flag_score=flag_score, specificity=specificity,
+    )
     # Paths relative to score.input_dir: where the folder lives is not recorded.
     table = pd.DataFrame({"path": names, **cols})
     _log_summary(table, flag_score, specificity, run if heatmaps else None)
     log.info("model trained on data %s (vae_model metadata.data_fingerprint)", fingerprint)
     return table, drawn
-
-
-def _score_batch(
-    cols: dict[str, list[Any]], detector: AnomalyDetector, decoded: serving.Decoded,
-    flag_score: str, specificity: float, spool: HeatmapSpool | None, names: list[str],
-    run: str,
-) -> None:
-    """Score one decoded batch into the table's columns; spool its heatmaps."""
-    part = serving.score_decoded(detector, decoded, flag_score, specificity)
-    for name, values in part.items():
-        cols.setdefault(name, []).extend(values)
-    cols["heatmap"].extend(_spool_heatmaps(spool, detector, decoded, part, names, run))
 
 
 def _model_fingerprint(vae_model: dict[str, Any]) -> str:
@@ -129,34 +93,6 @@ def _model_fingerprint(vae_model: dict[str, Any]) -> str:
             f"its scores could not be traced to its training data. Run `{lineage.TRAIN_COMMAND}`."
         )
     return fingerprint
-
-
-def _spool_heatmaps(
-    spool: HeatmapSpool | None, detector: AnomalyDetector, decoded: serving.Decoded,
-    part: dict[str, list[Any]], names: list[str], run: str,
-) -> list[str | None]:
-    """Hand each scored scan of a batch to the heatmap spool; its partition key, or None."""
-    keys: list[str | None] = [None] * len(decoded.errors)
-    ok = np.flatnonzero(decoded.ok)
-    if spool is None or not ok.size:
-        return keys
-    recon, error = reconstruct(
-        detector.model, decoded.images[ok], detector.score_config, detector.device
-    )
-    for j, row in enumerate(ok):
-        keys[row] = f"{run}/{names[row]}.png"
-        spool.add(keys[row], decoded.images[row], recon[j], error[j], _title(names[row], part, row))
-    return keys
-
-
-def _title(path: str, cols: dict[str, list[Any]], row: int) -> str:
-    flag_score = cols["flag_score"][row]
-    verdict = "ANOMALOUS" if cols["anomalous"][row] else "normal"
-    return (
-        f"{Path(path).name}: {flag_score} {cols[flag_score][row]:.1f} "
-        f"(percentile {cols[f'{flag_score}_percentile'][row]:.0f} of validation normals) "
-        f"- {verdict}"
-    )
 
 
 def _log_summary(table: pd.DataFrame, flag_score: str, specificity: float, run: str | None) -> None:
