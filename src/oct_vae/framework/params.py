@@ -99,7 +99,7 @@ class OptimiserParams(Section):
 
     ``checkpoint_dir`` and ``resume`` differ from ``TrainConfig``'s fields of the same name:
     the train node turns them into this run's own folder and the ``last.pt`` to continue
-    (``pipelines/train/nodes.py``: ``checkpoint_folders``).
+    (``pipelines/train/run_folders.py``: ``checkpoint_folders``).
     """
 
     epochs: PositiveInt = 40
