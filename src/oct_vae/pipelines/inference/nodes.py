@@ -10,6 +10,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from oct_vae.serving import scoring as serving
+from oct_vae.serving.cache import detector_for
 from oct_vae.training.device import resolve_device
 
 # Request columns: the scan as base64 text, and an optional id echoed back.
@@ -40,7 +41,7 @@ def score_request(
 
     The request as a whole is checked first (column, rows, total base64 size), before any
     row is decoded. The network is built once per checkpoint, not per request
-    (``serving.DETECTORS``). Logs one line per request: rows, scored, errors and seconds,
+    (``oct_vae.serving.cache``). Logs one line per request: rows, scored, errors and seconds,
     or why the request was refused.
 
     Returns:
@@ -55,7 +56,7 @@ def score_request(
     values = _checked_request(scoring_request, max_request_rows, max_request_bytes)
     n_rows = len(values)
     try:
-        detector = serving.DETECTORS.get(scorer_checkpoint, resolve_device(device))
+        detector = detector_for(scorer_checkpoint, resolve_device(device))
         decoded = serving.decode_request(
             values, detector.image_size, max_image_pixels, max_image_bytes
         )
