@@ -37,7 +37,8 @@ from oct_vae.datasets import (  # noqa: E402
     NpyDataset,
     TorchCheckpointDataset,
 )
-from oct_vae.framework.fileio import FAIL_WRITE_ENV, sweep_stale_temp_files  # noqa: E402
+from oct_vae.framework.fileio import sweep_stale_temp_files  # noqa: E402
+from tests.helpers import faults  # noqa: E402
 from tests.test_fileio import run_killed, temp_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,16 +175,16 @@ def test_an_injected_enospc_leaves_no_partial_version(
 ) -> None:
     case.dataset(tmp_path, save=V1).save(case.make(1))
     first = _version_file(tmp_path, case, V1).read_bytes()
-    monkeypatch.setenv(FAIL_WRITE_ENV, f"enospc:{case.name}")
-    with pytest.raises(DatasetError) as err:
-        case.dataset(tmp_path, save=V2).save(case.make(2))
+    with monkeypatch.context() as patched:
+        faults.inject(patched, f"enospc:{case.name}")
+        with pytest.raises(DatasetError) as err:
+            case.dataset(tmp_path, save=V2).save(case.make(2))
     final = _version_file(tmp_path, case, V2)
     assert f"cannot write {final}: No space left on device" in str(err.value)
     assert isinstance(err.value.__cause__, OSError)
     assert err.value.__cause__.errno == errno.ENOSPC
     assert not final.parent.exists()  # not even an empty version folder
     assert temp_files(tmp_path) == []
-    monkeypatch.delenv(FAIL_WRITE_ENV)
     _assert_latest_is(tmp_path, case, V1, first)
 
 
@@ -253,14 +254,14 @@ def test_a_folder_of_figures_appears_whole_or_not_at_all(
     for name in ("a.png", "sub/b.png"):
         want = tmp_path / "parent" / "figs" / V1 / "figs" / name
         assert (tmp_path / "atomic" / "figs" / V1 / "figs" / name).read_bytes() == want.read_bytes()
-    monkeypatch.setenv(FAIL_WRITE_ENV, "enospc:figs")
-    with pytest.raises(DatasetError, match="No space left on device"):
-        dataset(AtomicMatplotlibDataset, tmp_path / "atomic", V2).save(figures(2))
+    with monkeypatch.context() as patched:
+        faults.inject(patched, "enospc:figs")
+        with pytest.raises(DatasetError, match="No space left on device"):
+            dataset(AtomicMatplotlibDataset, tmp_path / "atomic", V2).save(figures(2))
     assert not (tmp_path / "atomic" / "figs" / V2).exists() and temp_files(tmp_path) == []
     latest = dataset(AtomicMatplotlibDataset, tmp_path / "atomic", None)
     assert latest.list_versions(full_path=False) == [V1]
     # unversioned, into an existing folder: figure by figure, each atomic
-    monkeypatch.delenv(FAIL_WRITE_ENV)
     plain = AtomicMatplotlibDataset(filepath=str(tmp_path / "plain"))
     plain.save([_figure(1), _figure(2)])
     plain.save([_figure(3)])
@@ -281,7 +282,7 @@ def test_the_heatmap_partitions_are_written_atomically(
     for name in heatmaps():
         want = (tmp_path / "parent" / name).read_bytes()
         assert (tmp_path / "atomic" / name).read_bytes() == want
-    monkeypatch.setenv(FAIL_WRITE_ENV, "enospc:b.jpeg.png")
+    faults.inject(monkeypatch, "enospc:b.jpeg.png")
     atomic = partitioned(tmp_path / "again", "oct_vae.datasets.AtomicMatplotlibDataset")
     with pytest.raises(DatasetError, match="No space left on device"):
         atomic.save(heatmaps())
@@ -307,7 +308,7 @@ def test_the_projects_own_datasets_leave_no_empty_version_folder(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dataset, data = make(tmp_path)
-    monkeypatch.setenv(FAIL_WRITE_ENV, "enospc:x.bin")
+    faults.inject(monkeypatch, "enospc:x.bin")
     with pytest.raises(DatasetError, match="No space left on device"):
         dataset.save(data)
     assert list(tmp_path.rglob("*")) == [tmp_path / "x.bin"]  # the dataset folder only

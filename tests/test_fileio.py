@@ -1,5 +1,5 @@
-"""oct_vae.framework.fileio: atomic writes, their error messages, fault injection, the
-stale-file sweep."""
+"""oct_vae.framework.fileio: atomic writes and their error messages (failures injected by
+tests/helpers/faults.py), the stale-file sweep, the inter-process lock, the host id."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 
 from oct_vae.framework import fileio
 from oct_vae.framework.fileio import (
-    FAIL_WRITE_ENV,
     atomic_write,
     atomic_write_dir,
     sweep_stale_temp_files,
     temp_path,
 )
+from tests.helpers import faults
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,10 +37,11 @@ def temp_files(root: Path) -> list[Path]:
 
 
 def run_killed(code: str, *args: str, fail: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter with ``OCT_VAE_FAIL_WRITE=fail``; expect SIGKILL."""
-    env = {**os.environ, FAIL_WRITE_ENV: fail, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    """Run ``code`` in a fresh interpreter whose writes ``fail`` names are killed
+    (``tests.helpers.faults``, e.g. ``kill:x.bin``); expect SIGKILL."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-m", "tests.helpers.faults", fail, "-c", code, *args],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -97,7 +98,7 @@ def test_injected_enospc_names_the_path_and_the_reason(
     path = tmp_path / "models" / "x.pt"
     path.parent.mkdir()
     path.write_bytes(b"old")
-    monkeypatch.setenv(FAIL_WRITE_ENV, "enospc:*.pt")
+    faults.inject(monkeypatch, "enospc:*.pt")
     with pytest.raises(OSError) as err:
         atomic_write(path, lambda tmp: tmp.write_bytes(b"new" * 1000))
     assert err.value.errno == errno.ENOSPC
@@ -108,15 +109,12 @@ def test_injected_enospc_names_the_path_and_the_reason(
 def test_fault_injection_hits_matching_names_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(FAIL_WRITE_ENV, "enospc:auc_*.csv")
+    faults.inject(monkeypatch, "enospc:auc_*.csv")
     atomic_write(tmp_path / "scores.csv", lambda tmp: tmp.write_text("a\n1\n"))
     assert (tmp_path / "scores.csv").read_text() == "a\n1\n"
     with pytest.raises(OSError, match="No space left"):
         atomic_write(tmp_path / "auc_table.csv", lambda tmp: tmp.write_text("a\n1\n"))
-    monkeypatch.setenv(FAIL_WRITE_ENV, "explode:*")
-    with pytest.raises(ValueError, match=FAIL_WRITE_ENV):
-        atomic_write(tmp_path / "y.csv", lambda tmp: tmp.write_text("a\n"))
-    assert not (tmp_path / "y.csv").exists() and temp_files(tmp_path) == []
+    assert not (tmp_path / "auc_table.csv").exists() and temp_files(tmp_path) == []
 
 
 def test_an_os_error_keeps_its_errno_and_class_and_names_the_path(tmp_path: Path) -> None:
@@ -216,7 +214,7 @@ def test_atomic_write_dir_appears_whole_or_not_at_all(
 
     atomic_write_dir(tmp_path / "figs", write)
     assert (tmp_path / "figs" / "sub" / "1.png").read_bytes() == b"one"
-    monkeypatch.setenv(FAIL_WRITE_ENV, "enospc:figs2")
+    faults.inject(monkeypatch, "enospc:figs2")
     with pytest.raises(OSError, match=r"cannot write .*figs2: No space left on device"):
         atomic_write_dir(tmp_path / "figs2", write)
     assert not (tmp_path / "figs2").exists() and temp_files(tmp_path) == []
@@ -278,3 +276,31 @@ def test_machine_lock_paths_are_per_kind_project_and_user(tmp_path, monkeypatch)
     assert machine_lock_path("session-ids", tmp_path / "q") != a
     assert a.parent == Path(tempfile.gettempdir())
     assert f"-{os.getuid()}-" in a.name and a.name.startswith("oct-vae-session-ids-")
+
+
+def test_where_no_lock_can_be_taken_the_block_never_runs_unlocked(tmp_path, monkeypatch):
+    import filelock
+
+    ran = []
+    monkeypatch.setattr(filelock, "has_fcntl", False)  # a POSIX system without fcntl
+    with pytest.raises(OSError) as err, fileio.interprocess_lock(tmp_path / "a.lock"):
+        ran.append("a")
+    assert err.value.errno == errno.ENOLCK and "no fcntl" in str(err.value)
+    monkeypatch.undo()
+
+    class NoFlock:  # a file system without flock (filelock reports ENOSYS)
+        def acquire(self):
+            raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fileio, "_os_file_lock", lambda path: NoFlock())
+    with pytest.raises(OSError) as err, fileio.interprocess_lock(tmp_path / "b.lock"):
+        ran.append("b")
+    assert err.value.errno == errno.ENOLCK
+    assert str(err.value).startswith(f"[Errno {errno.ENOLCK}] cannot lock {tmp_path / 'b.lock'}")
+    assert ran == []
+
+
+def test_temporary_names_carry_the_host_id():
+    host = fileio.host_id()
+    assert len(host) == 8 and int(host, 16) >= 0
+    assert temp_path("x.bin").name.split(".")[-3] == host

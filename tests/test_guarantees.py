@@ -15,7 +15,7 @@ from kedro.pipeline import Node, Pipeline
 
 from oct_vae.data import lineage
 from oct_vae.datasets import NpyDataset
-from oct_vae.framework.hooks import check_outputs_writable, pin_versions
+from oct_vae.framework.hooks.isolation import check_outputs_writable, pin_versions
 from oct_vae.pipelines.train.nodes import checkpoint_folders
 from oct_vae.training.distributed import train as train_vae
 from oct_vae.training.trainer import TrainConfig, Trainer

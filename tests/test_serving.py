@@ -10,6 +10,7 @@ import base64
 import copy
 import json
 import logging
+import sys
 from pathlib import Path
 
 import mlflow
@@ -20,16 +21,18 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro.runner import SequentialRunner
-from kedro_datasets.pickle import PickleDataset
 from kedro_mlflow.mlflow import KedroPipelineModel
 from mlflow.exceptions import MlflowException
 
+import oct_vae.serving.cache
 import oct_vae.vae.checkpoint
 from oct_vae.data.imaging import RejectedScan, load_scan
+from oct_vae.datasets import TorchCheckpointDataset
 from oct_vae.pipelines.inference.nodes import score_request
 from oct_vae.pipelines.inference.pipeline import INPUT_NAME, SIGNATURE, bind_to_training
 from oct_vae.pipelines.train.nodes import calibrate_model
 from oct_vae.serving import scoring as serving
+from oct_vae.serving.cache import LoadedCheckpoint, checkpoint_fingerprint
 from oct_vae.training.trainer import TrainConfig
 from oct_vae.vae.checkpoint import make_checkpoint
 from oct_vae.vae.config import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
@@ -314,7 +317,7 @@ def test_a_request_over_max_request_bytes_is_refused_before_any_row_is_decoded(
 
     for name in ("decode_b64", "load_scan", "decode_request"):
         monkeypatch.setattr(serving, name, never)
-    monkeypatch.setattr(serving.DETECTORS, "get", never)
+    monkeypatch.setattr(oct_vae.serving.cache, "AnomalyDetector", never)
     half = "A" * (MAX_REQUEST_BYTES // 2)
     frame = pd.DataFrame({"image_b64": [half, half, "AAAA"]})
     with pytest.raises(MlflowException, match=r"request too large: 200,004 bytes.*") as err:
@@ -335,18 +338,29 @@ class _CountingVAE(VAE):
         super().__init__(*args, **kwargs)
 
 
-def test_the_network_is_built_once_per_checkpoint_not_per_request(
-    checkpoint, scan_bytes, monkeypatch
+def _loaded(checkpoint: dict, path: Path) -> LoadedCheckpoint:
+    """``checkpoint`` saved and loaded back, as the served model loads its checkpoint."""
+    dataset = TorchCheckpointDataset(str(path))
+    dataset.save(checkpoint)
+    return dataset.load()
+
+
+def test_the_network_is_built_once_per_loaded_checkpoint_not_per_request(
+    checkpoint, scan_bytes, monkeypatch, tmp_path
 ):
     monkeypatch.setattr(oct_vae.vae.checkpoint, "VAE", _CountingVAE)
     monkeypatch.setattr(_CountingVAE, "built", 0)
-    serving.DETECTORS.clear()
+    loaded = _loaded(checkpoint, tmp_path / "a.pt")
     frame = pd.DataFrame({"image_b64": [b64(scan_bytes), "bad"]})
-    first = _score(checkpoint, frame)
-    again = _score(checkpoint, frame)
-    # KedroPipelineModel hands each request a deep copy of the checkpoint: the same model.
-    copied = _score(copy.deepcopy(checkpoint), frame)
-    assert _CountingVAE.built == 1
+    first = _score(loaded, frame)
+    again = _score(loaded, frame)
+    # KedroPipelineModel hands each request a deep copy of the checkpoint: the same model,
+    # found without hashing or comparing a single weight.
+    with monkeypatch.context() as patched:
+        patched.setattr(oct_vae.serving.cache, "_feed", None)
+        patched.setattr(torch, "equal", None)
+        copied = _score(copy.deepcopy(loaded), frame)
+    assert _CountingVAE.built == 1 and len(loaded.detectors) == 1
     fresh = AnomalyDetector(checkpoint, "cpu").score(
         serving.decode_request([b64(scan_bytes)], SIZE, 40_000_000).images
     )
@@ -355,29 +369,50 @@ def test_the_network_is_built_once_per_checkpoint_not_per_request(
             assert out[name].iloc[0] == fresh[name][0]
         assert out["error"].iloc[1].startswith("malformed base64")
 
-    # Another checkpoint (its last weights changed) gets its own network and scores.
+    # A changed checkpoint (its last weights changed, saved and loaded) gets its own
+    # network and scores; the first one's network stays cached.
     other = copy.deepcopy(checkpoint)
     name = [k for k, v in other["state_dict"].items() if v.is_floating_point()][-1]
     other["state_dict"][name] = other["state_dict"][name] + 0.5
-    changed = _score(other, frame)
+    changed_checkpoint = _loaded(other, tmp_path / "b.pt")
+    assert changed_checkpoint.fingerprint != loaded.fingerprint
+    changed = _score(copy.deepcopy(changed_checkpoint), frame)
     assert _CountingVAE.built == 3  # counts the fresh detector above
     assert changed["reconstruction"].iloc[0] != first["reconstruction"].iloc[0]
+    _score(copy.deepcopy(loaded), frame)
+    assert _CountingVAE.built == 3
+    # A checkpoint that was not loaded from a file (a plain dict) is never cached.
     _score(checkpoint, frame)
-    assert _CountingVAE.built == 4  # the cache holds one checkpoint: the last one
+    _score(checkpoint, frame)
+    assert _CountingVAE.built == 5
 
 
-def test_checkpoints_are_compared_by_their_content():
-    a = {"x": torch.tensor([1.0, float("nan")]), "n": [1, "a", (2.0,)], "nan": float("nan")}
-    assert serving._equal(a, copy.deepcopy(a))
+def test_a_loaded_checkpoint_is_its_content_and_saves_as_a_plain_dict(checkpoint, tmp_path):
+    loaded = _loaded(checkpoint, tmp_path / "a.pt")
+    assert type(loaded) is LoadedCheckpoint and loaded.keys() == checkpoint.keys()
+    assert loaded.fingerprint == checkpoint_fingerprint(checkpoint)
+    for copied in (copy.copy(loaded), copy.deepcopy(loaded)):
+        assert copied.fingerprint == loaded.fingerprint and copied.detectors is loaded.detectors
+    TorchCheckpointDataset(str(tmp_path / "b.pt")).save(loaded)  # a weights-only file
+    again = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert type(again) is dict and checkpoint_fingerprint(again) == loaded.fingerprint
+
+
+def test_the_fingerprint_follows_the_content():
+    nan = float("nan")
+    a = {"x": torch.tensor([1.0, nan]), "n": [1, "a", (2.0,)], "nan": nan, "y": np.arange(3)}
+    assert checkpoint_fingerprint(a) == checkpoint_fingerprint(copy.deepcopy(a))
     for b in (
         {**a, "x": torch.tensor([1.0, 2.0])},
-        {**a, "x": torch.tensor([1.0, float("nan")], dtype=torch.float64)},
-        {**a, "x": torch.tensor([[1.0, float("nan")]])},
+        {**a, "x": torch.tensor([1.0, nan], dtype=torch.float64)},
+        {**a, "x": torch.tensor([1.0, nan], dtype=torch.bfloat16)},
+        {**a, "x": torch.tensor([[1.0, nan]])},
         {**a, "n": [1, "a", [2.0]]},
         {**a, "n": [1, "b", (2.0,)]},
+        {**a, "y": np.arange(3, dtype=np.int8)},
         {k: v for k, v in a.items() if k != "nan"},
     ):
-        assert not serving._equal(a, b)
+        assert checkpoint_fingerprint(a) != checkpoint_fingerprint(b)
 
 
 # ------------------------------------ the served model as the model server runs it
@@ -399,7 +434,7 @@ def served_model(checkpoint, tmp_path_factory):
         "score.max_request_bytes": MAX_REQUEST_BYTES,
     }
     bound = bind_to_training(Pipeline([]))
-    ckpt = PickleDataset(filepath=str(tmp / "scorer_checkpoint.pkl"))
+    ckpt = TorchCheckpointDataset(str(tmp / "scorer_checkpoint.pt"))  # as in the catalog
     ckpt.save(checkpoint)
     catalog = DataCatalog(
         {"scorer_checkpoint": ckpt, **{f"params:{k}": MemoryDataset(v) for k, v in params.items()}}
@@ -421,7 +456,10 @@ def test_the_served_model_logs_one_line_per_request_and_builds_its_network_once(
 ):
     monkeypatch.setattr(oct_vae.vae.checkpoint, "VAE", _CountingVAE)
     monkeypatch.setattr(_CountingVAE, "built", 0)
-    serving.DETECTORS.clear()
+    # The checkpoint kedro-mlflow loaded (TorchCheckpointDataset) and copies per request.
+    loaded = served_model.unwrap_python_model().loaded_catalog.load("scorer_checkpoint")
+    assert isinstance(loaded, LoadedCheckpoint)
+    loaded.detectors.clear()  # another test may have scored with it already
     frame = pd.DataFrame({"id": ["a", "b"], "image_b64": [b64(scan_bytes), "bad"]})
     outputs = []
     for _ in range(2):
@@ -572,3 +610,15 @@ def test_other_errors_of_the_server_stay_errors_of_the_server(app, scan_bytes, m
     good = {"dataframe_records": [{"image_b64": b64(scan_bytes)}]}
     with pytest.raises(ValueError, match="a bug of the server"):  # after answering 500
         _post(app, json.dumps(good).encode())
+
+
+def test_json_nested_just_too_deeply_for_mlflow_is_refused_before_it(app, monkeypatch):
+    """Around the depth where ``json`` gives up, every body gets a 400, never a 500: the
+    server's own check parses with less stack left than MLflow's parsing has."""
+    limit = sys.getrecursionlimit()
+    statuses = set()
+    for depth in range(limit - 120, limit + 40, 2):
+        status, answer = _post(app, b"[" * depth + b"]" * depth)
+        assert status == 400, (depth, answer)
+        statuses.add("ours" if "JSON nested too deeply" in answer["message"] else "mlflow")
+    assert statuses == {"ours", "mlflow"}  # the sweep crosses the limit

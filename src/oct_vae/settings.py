@@ -11,12 +11,12 @@ from oct_vae.framework.hooks import (
     MissingInputsHook,
     MlflowArtifactsHook,
     MlflowRunStateHook,
+    ModelRegistryHook,
     PrivateMlflowHook,
     RunIsolationHook,
     ScorerCopyCleanupHook,
 )
 from oct_vae.framework.parameter_hook import CheckParametersHook
-from oct_vae.framework.registry_hook import ModelRegistryHook
 from oct_vae.framework.requirements import pins
 from oct_vae.framework.session_store import UniqueVersionSessionStore
 
@@ -46,7 +46,8 @@ HOOKS = (
     CheckParametersHook(),
 )
 # PrivateMlflowHook replaces kedro-mlflow's own hook (same behaviour, no absolute paths and
-# no OS user name recorded; see oct_vae.framework.hooks). Pluggy lists the plugin under this name.
+# no OS user name recorded; see oct_vae.framework.hooks.mlflow_privacy). Pluggy lists the
+# plugin under this name.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 # Kedro's session id is the run's save version, to the millisecond: two runs that start in

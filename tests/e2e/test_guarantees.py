@@ -26,15 +26,15 @@ from tests.helpers.project import copy_project
 pytestmark = pytest.mark.slow
 
 KEDRO = [sys.executable, "-m", "kedro"]
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env() -> dict[str, str]:
     # PYTHONFAULTHANDLER: a run that hangs is sent SIGABRT (``_wait_exit``), which dumps
     # every thread's stack into its log.
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1",
            "PYTHONFAULTHANDLER": "1"}
-    env.pop("OCT_VAE_FAIL_WRITE", None)
-    return {**env, **extra}
+    return env
 
 
 def _default_signals() -> None:
@@ -48,11 +48,17 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _kedro(project: Path, *args: str, log: Path, **env: str) -> subprocess.Popen:
+def _kedro(project: Path, *args: str, log: Path, fail: str | None = None) -> subprocess.Popen:
+    """``kedro run --env tiny <args>`` in ``project``; ``fail``: the atomic writes that fail
+    (``tests.helpers.faults``, e.g. ``kill:train_images.npy``)."""
+    kedro, env = KEDRO, _env()
+    if fail is not None:
+        kedro = [sys.executable, "-m", "tests.helpers.faults", fail, "-m", "kedro"]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO)]))
     return subprocess.Popen(
-        [*KEDRO, "run", "--env", "tiny", *args],
+        [*kedro, "run", "--env", "tiny", *args],
         cwd=project,
-        env=_env(**env),
+        env=env,
         stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -136,7 +142,7 @@ def test_an_ingest_killed_mid_save_is_refused_by_evaluate(tiny_project, tmp_path
     project = _project_with_data(tiny_project, tmp_path / "p")
     ingest = _kedro(
         project, "--pipeline", "ingest", "--params", "seed=1", log=tmp_path / "ingest.log",
-        OCT_VAE_FAIL_WRITE="kill:train_images.npy",
+        fail="kill:train_images.npy",
     )
     assert ingest.wait(timeout=200) == -signal.SIGKILL, (tmp_path / "ingest.log").read_text()
     manifests = sorted(glob.glob(str(project / "data/03_primary/oct_manifest.csv/*")))

@@ -262,7 +262,7 @@ def test_model_server_scores_a_scan_and_reports_bad_rows(
         refused = post(b'{"dataframe_records": [{"image_b64": "' + b"A" * 5_000_000 + b'"}]}')
         assert refused.status_code == 413, refused.text
         assert "request body is too large" in refused.json()["message"]
-        # JSON nested 100,000 deep (a RecursionError in MLflow's parser) and malformed JSON.
+        # JSON nested 100,000 deep (a RecursionError in Python's json) and malformed JSON.
         refused = post(b"[" * 100_000 + b"]" * 100_000)
         assert refused.status_code == 400, refused.text
         assert "nested too deeply" in refused.json()["message"]

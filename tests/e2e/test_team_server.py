@@ -45,7 +45,7 @@ RUN_TIMEOUT_S = 420
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "OCT_VAE_FAIL_WRITE"):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         env.pop(name, None)
     return {**env, **extra}
 

@@ -19,7 +19,6 @@ Local files only: for another protocol (``s3://``, ...) and for a save mode othe
 
 from __future__ import annotations
 
-import inspect
 import io
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -28,33 +27,29 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 from kedro.io.core import get_filepath_str
-from kedro_datasets._utils import validate_sub_path
 from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.pandas import CSVDataset
 from kedro_datasets.text import TextDataset
 from matplotlib.figure import Figure
 
 from oct_vae.datasets.versioned import remove_empty_version_dir
+from oct_vae.framework.adapters import kedro as kedro_adapter
+from oct_vae.framework.adapters import kedro_datasets as parent
 from oct_vae.framework.fileio import atomic_write, atomic_write_dir
 
 
 class _AtomicSave:
-    """Shared save plumbing; mixed into subclasses of the kedro-datasets classes."""
-
-    _protocol: str
-    _fs: Any
-    _fs_open_args_save: dict[str, Any]
-    _version: Any
+    """Shared save plumbing; mixed into subclasses of the kedro-datasets classes (whose
+    settings are read through ``oct_vae.framework.adapters.kedro_datasets``)."""
 
     def _save_is_atomic(self) -> bool:
-        mode = self._fs_open_args_save.get("mode", "w")
-        return self._protocol == "file" and mode.startswith("w")
+        return parent.protocol(self) == "file" and parent.save_mode(self).startswith("w")
 
     def _local_path(self, save_path: PurePosixPath) -> Path:
-        return Path(get_filepath_str(save_path, self._protocol))
+        return Path(get_filepath_str(save_path, parent.protocol(self)))
 
     def _open_save(self, path: Path) -> Any:  # an fsspec file object
-        return self._fs.open(str(path), **self._fs_open_args_save)
+        return parent.open_for_save(self, path)
 
     def _write_atomically(
         self, save_path: PurePosixPath, write: Callable[[Path], None], directory: bool = False
@@ -63,14 +58,14 @@ class _AtomicSave:
         try:
             (atomic_write_dir if directory else atomic_write)(path, write)
         except BaseException:
-            if self._version is not None:
+            if kedro_adapter.version(self) is not None:
                 remove_empty_version_dir(path.parent)
             raise
 
 
 def _parent_save(cls: type) -> Callable[[Any, Any], None]:
     """The parent's undecorated ``save`` (the decorated one would resolve a new version)."""
-    return inspect.unwrap(cls.save)
+    return kedro_adapter.undecorated_save(cls)
 
 
 class AtomicCSVDataset(_AtomicSave, CSVDataset):
@@ -92,10 +87,10 @@ class AtomicCSVDataset(_AtomicSave, CSVDataset):
 
         def write(tmp: Path) -> None:
             with self._open_save(tmp) as fs_file:
-                data.to_csv(path_or_buf=fs_file, **self._save_args)
+                data.to_csv(path_or_buf=fs_file, **parent.save_args(self))
 
-        self._write_atomically(self._get_save_path(), write)
-        self._invalidate_cache()
+        self._write_atomically(kedro_adapter.save_path(self), write)
+        parent.invalidate_cache(self)
 
 
 class AtomicTextDataset(_AtomicSave, TextDataset):
@@ -119,8 +114,8 @@ class AtomicTextDataset(_AtomicSave, TextDataset):
             with self._open_save(tmp) as fs_file:
                 fs_file.write(data)
 
-        self._write_atomically(self._get_save_path(), write)
-        self._invalidate_cache()
+        self._write_atomically(kedro_adapter.save_path(self), write)
+        parent.invalidate_cache(self)
 
 
 class AtomicMatplotlibDataset(_AtomicSave, MatplotlibDataset):
@@ -146,25 +141,25 @@ class AtomicMatplotlibDataset(_AtomicSave, MatplotlibDataset):
         if not self._save_is_atomic():
             _parent_save(MatplotlibDataset)(self, data)
             return
-        save_path = self._get_save_path()
+        save_path = kedro_adapter.save_path(self)
         if isinstance(data, list | dict):
             self._save_many(save_path, data)
         else:
             png = self._render(data)
             self._write_atomically(save_path, lambda tmp: self._write_bytes(tmp, png))
         plt.close("all")
-        self._invalidate_cache()
+        parent.invalidate_cache(self)
 
     def _save_many(self, save_path: PurePosixPath, data: list[Figure] | dict[str, Figure]) -> None:
         if isinstance(data, list):
             data = {f"{i}.png": fig for i, fig in enumerate(data)}
         figures: dict[str, Figure] = data
         for name in figures:
-            validate_sub_path(name, str(save_path))
+            parent.validate_sub_path(name, str(save_path))
         rendered = {name: self._render(fig) for name, fig in figures.items()}
         target = self._local_path(save_path)
-        if self._overwrite and self._fs.exists(str(target)):
-            self._fs.rm(str(target), recursive=True)
+        if parent.overwrite(self) and parent.exists(self, target):
+            parent.remove(self, target)
         if target.exists():
             for name, png in rendered.items():
                 self._write_atomically(
@@ -182,7 +177,7 @@ class AtomicMatplotlibDataset(_AtomicSave, MatplotlibDataset):
 
     def _render(self, plot: Figure) -> bytes:
         buffer = io.BytesIO()
-        plot.savefig(buffer, **self._save_args)
+        plot.savefig(buffer, **parent.save_args(self))
         return buffer.getvalue()
 
     def _write_bytes(self, path: Path, payload: bytes) -> None:

@@ -11,15 +11,16 @@ from typing import Any
 
 from kedro.io.core import AbstractVersionedDataset, Version
 
+from oct_vae.framework.adapters import kedro as kedro_adapter
 from oct_vae.framework.fileio import atomic_write
 
 
 class LocalVersionedDataset(AbstractVersionedDataset[Any, Any]):
     """A versioned dataset on the local disk whose writes are atomic.
 
-    Subclasses implement ``_write(path, data)`` and ``load``; ``save`` writes to a
-    temporary file in the target folder and renames it into place, so a crash never
-    leaves a half-written file under the final name.
+    Subclasses implement ``load`` (reading :meth:`_load_path`) and ``save`` (through
+    :meth:`_save_atomically`), which writes to a temporary file in the target folder and
+    renames it into place, so a crash never leaves a half-written file under the final name.
     """
 
     def __init__(
@@ -37,24 +38,30 @@ class LocalVersionedDataset(AbstractVersionedDataset[Any, Any]):
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "version": self._version}
+        return {
+            "filepath": str(kedro_adapter.filepath(self)),
+            "version": kedro_adapter.version(self),
+        }
 
     def _exists(self) -> bool:
         try:
-            path = self._get_load_path()
+            path = self._load_path()
         except Exception:  # noqa: BLE001 - no version saved yet
             return False
-        return Path(path).exists()
+        return path.exists()
 
     def _load_path(self) -> Path:
-        return Path(str(self._get_load_path()))
+        """The file to load: the pinned or latest version, or the file itself."""
+        return kedro_adapter.load_path(self)
 
     def _save_atomically(self, data: Any, write: Callable[[Path, Any], None]) -> None:
-        path = Path(str(self._get_save_path()))
+        """``write(tmp, data)`` on a temporary file renamed to the save path; after a failure
+        the emptied version folder is removed."""
+        path = Path(str(kedro_adapter.save_path(self)))
         try:
             atomic_write(path, lambda tmp: write(tmp, data))
         except BaseException:
-            if self._version is not None:
+            if kedro_adapter.version(self) is not None:
                 remove_empty_version_dir(path.parent)
             raise
 

@@ -1,4 +1,4 @@
-"""Atomic file writes (standard library only): a crash never leaves a half-written file.
+"""Atomic file writes: a crash never leaves a half-written file.
 
 ``atomic_write(path, write)`` has ``write`` fill a temporary file in the folder of ``path``,
 fsyncs it and renames it onto ``path`` (``atomic_write_dir`` does the same for a folder of
@@ -20,45 +20,36 @@ write callback fails with another exception (``torch.save`` raises ``RuntimeErro
 the error is ``OSError(ENOSPC, "cannot write <path>: No space left on device")``, chained
 to the original; otherwise the original exception propagates unchanged.
 
-Fault injection, for tests (no timing involved): set the environment variable
-``OCT_VAE_FAIL_WRITE`` to ``<mode>:<glob>``; every atomic write whose final file name
-matches ``<glob>`` (``fnmatch``, e.g. ``auc_table.csv`` or ``*.png``) then fails after the
-data was written to the temporary file and the file cut to half its size:
-
-* ``enospc``: raises ``OSError(ENOSPC)``, as a full disk would (the temporary file is
-  removed as after any failure);
-* ``kill``: the process SIGKILLs itself, leaving the partial temporary file behind as a
-  real crash does.
-
-Example: ``OCT_VAE_FAIL_WRITE='enospc:*.csv' kedro run --pipeline evaluate``.
+Also here: the lock that makes processes of this machine take turns
+(``interprocess_lock``, on ``filelock``), and the id of this host (``host_id``) that
+temporary names and MLflow run tags carry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fnmatch
 import hashlib
 import os
 import re
 import secrets
 import shutil
-import signal
 import socket
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-FAIL_WRITE_ENV = "OCT_VAE_FAIL_WRITE"
-FAIL_MODES = ("enospc", "kill")
+import filelock
 
 # Below this many free bytes a failed write is reported as a full disk.
 DISK_FULL_BYTES = 1 << 20
 
 
-def _host_id() -> str:
-    """This host, for telling whose process ids a temporary name holds: the host name, and
-    on Linux the PID namespace too (containers may share a host name and a data folder)."""
+def host_id() -> str:
+    """This host, for telling whose process ids a name or a tag holds: eight hex digits of
+    a hash of the host name and, on Linux, the PID namespace (containers may share a host
+    name and a data folder, but not their process ids)."""
     try:
         pid_namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
@@ -67,7 +58,7 @@ def _host_id() -> str:
     return hashlib.blake2s(key, digest_size=4).hexdigest()
 
 
-_HOST = _host_id()
+_HOST = host_id()
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<host>[0-9a-f]{8})\.[0-9a-f]{8}\.tmp$")
 _MAX_NAME = 200  # keeps the temporary name within the usual 255-byte limit
 # A Kedro version folder (kedro.io.core.generate_timestamp), e.g. 2024-01-15T10.30.00.000Z.
@@ -114,7 +105,6 @@ def _write_and_rename(
     and raise an error naming ``path``."""
     try:
         write(tmp)
-        _maybe_inject_fault(path, tmp)
         sync(tmp)
         rename(tmp, path)
     except BaseException as exc:
@@ -210,26 +200,43 @@ def machine_lock_path(kind: str, key: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def interprocess_lock(path: str | os.PathLike):  # noqa: ANN201 - a context manager
-    """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
+def interprocess_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the ``with`` block.
 
     Processes on this machine that take the same lock run their blocks one at a time; the
-    lock dies with its holder, so a killed process never leaves it held. Where ``fcntl``
-    is missing (Windows) the block runs unlocked.
+    lock is the operating system's (``flock`` on POSIX, ``msvcrt`` on Windows, through
+    ``filelock``), so it dies with its holder and a killed process never leaves it held.
+
+    Raises:
+        OSError: ``ENOLCK`` where no such lock exists (no ``fcntl`` outside Windows, or a
+            file system without ``flock``): the block is never run unlocked.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    lock = _os_file_lock(path)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
+        raise _no_lock(path, exc.strerror or str(exc)) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _os_file_lock(path: Path) -> filelock.BaseFileLock:
+    if sys.platform == "win32":  # pragma: no cover - not POSIX
+        return filelock.WindowsFileLock(path, fallback_to_soft=False)
+    if not filelock.has_fcntl:  # pragma: no cover - e.g. WebAssembly
+        raise _no_lock(path, "this platform has no fcntl")
+    # No soft (marker file) fallback: a marker outlives a killed holder.
+    return filelock.UnixFileLock(path, fallback_to_soft=False)
+
+
+def _no_lock(path: Path, reason: str) -> OSError:
+    return OSError(errno.ENOLCK, f"cannot lock {path}: {reason}; processes could not take turns")
 
 
 def pid_alive(pid: int) -> bool:
@@ -302,36 +309,6 @@ def _free_bytes(folder: Path) -> int | None:
 def _disk_full(folder: Path) -> bool:
     free = _free_bytes(folder)
     return free is not None and free < DISK_FULL_BYTES
-
-
-def _maybe_inject_fault(path: Path, tmp: Path) -> None:
-    spec = os.environ.get(FAIL_WRITE_ENV)
-    if not spec:
-        return
-    mode, sep, pattern = spec.partition(":")
-    if not sep or mode not in FAIL_MODES or not pattern:
-        raise ValueError(
-            f"{FAIL_WRITE_ENV}={spec!r}: expected '<mode>:<glob>' with mode one of {FAIL_MODES}"
-        )
-    if not fnmatch.fnmatchcase(path.name, pattern):
-        return
-    _truncate_half(tmp)
-    if mode == "kill":
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-        os._exit(137)  # not reached on POSIX
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-
-
-def _truncate_half(tmp: Path) -> None:
-    """Cut the (first) written file to half its size: a write that stopped midway."""
-    if tmp.is_dir():
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        if not files:
-            return
-        tmp = files[0]
-    size = tmp.stat().st_size
-    with open(tmp, "rb+") as fh:
-        fh.truncate(size // 2)
 
 
 def _fsync(path: Path) -> None:

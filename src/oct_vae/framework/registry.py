@@ -3,7 +3,7 @@
 Every training run registers its ``oct_vae_scorer`` as a new version of the registered
 model ``oct_vae_scorer`` (``registered_model_name`` in the inference pipeline's
 ``log_model_kwargs``). When the run also evaluated the model, the version is tagged
-(``oct_vae.framework.registry_hook``) with:
+(``oct_vae.framework.hooks.registry.ModelRegistryHook``) with:
 
 * ``auc_all``: the image-level ``All`` AUC of the score the model flags with
   (``score.flag_score``), and ``flag_score`` / ``auc_metric`` naming it;
@@ -149,15 +149,11 @@ def choose_champion(candidates: Iterable[Candidate], current: int | None, env: s
     """
     pool = [c for c in candidates if c.evaluated and c.env == env]
     if not pool:
-        return Decision(
-            current,
-            None,
-            current,
-            False,
-            (),
+        message = (
             f"no version of {MODEL_NAME} was evaluated in the Kedro environment '{env}': "
-            f"the champion stays {_name(current)}",
+            f"the champion stays {_name(current)}"
         )
+        return Decision(current, None, current, False, (), message)
     reference = max(pool, key=lambda c: c.version)
     same = [c for c in pool if c.test_split == reference.test_split]
     best_auc = max(c.auc for c in same)
@@ -165,25 +161,33 @@ def choose_champion(candidates: Iterable[Candidate], current: int | None, env: s
     winner = next((c for c in best if c.version == current), max(best, key=lambda c: c.version))
     compared = tuple(sorted(c.version for c in same))
     split = f"test split {reference.test_split[:12]} in env '{env}'"
-    if winner.version == current:
-        message = (
-            f"champion stays version {current} (All AUC {winner.auc:.4f}), the best of "
-            f"{len(same)} version(s) evaluated on {split}"
-        )
-    else:
-        in_pool = current is not None and current in compared
-        before = (
-            "no champion before"
-            if current is None
-            else f"previous champion: version {current}"
-            + ("" if in_pool else ", evaluated on another split or environment (not compared)")
-        )
-        message = (
-            f"champion is now version {winner.version} (All AUC {winner.auc:.4f}), the best of "
-            f"{len(same)} version(s) evaluated on {split}; {before}"
-        )
+    message = _decision_message(winner, current, compared, split)
     return Decision(
         winner.version, winner.auc, current, winner.version != current, compared, message
+    )
+
+
+def _decision_message(
+    winner: Candidate, current: int | None, compared: tuple[int, ...], split: str
+) -> str:
+    """One line: who is champion now, among how many versions of ``split``, and why."""
+    if winner.version == current:
+        return (
+            f"champion stays version {current} (All AUC {winner.auc:.4f}), the best of "
+            f"{len(compared)} version(s) evaluated on {split}"
+        )
+    if current is None:
+        before = "no champion before"
+    elif current in compared:
+        before = f"previous champion: version {current}"
+    else:
+        before = (
+            f"previous champion: version {current}, evaluated on another split or "
+            "environment (not compared)"
+        )
+    return (
+        f"champion is now version {winner.version} (All AUC {winner.auc:.4f}), the best of "
+        f"{len(compared)} version(s) evaluated on {split}; {before}"
     )
 
 

@@ -13,9 +13,10 @@ millisecond. Ids stay in Kedro's format, so sorting them still sorts the runs by
 "the latest version" stays the latest run. Kedro reads the run's save version and run id
 from the store, so both change together.
 
-The lock and the last id live in the temporary folder (the project holds no runtime
-files), one file per OS user; runs on other machines that share one data folder are not
-covered. Where that file cannot be written the session keeps Kedro's id, with a warning.
+The lock and the last id (two files) live in the temporary folder (the project holds no
+runtime files), one pair per OS user; runs on other machines that share one data folder
+are not covered. Where they cannot be written, or no lock can be taken, the session keeps
+Kedro's id, with a warning.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def _parse(version: str) -> datetime:
 
 
 def version_state_path(key: str | os.PathLike) -> Path:
-    """The lock file, also holding the last id issued, for the project that ``key`` names."""
-    return machine_lock_path("session-ids", key)
+    """The file holding the last id issued for the project that ``key`` names (beside its
+    lock file, which holds nothing: a lock file's content is the lock library's)."""
+    return machine_lock_path("session-ids", key).with_suffix(".last")
 
 
 def claim_version(key: str | os.PathLike, proposed: str) -> str:
@@ -56,21 +58,28 @@ def claim_version(key: str | os.PathLike, proposed: str) -> str:
     returned before for the same ``key`` on this machine."""
     state = version_state_path(key)
     try:
-        with interprocess_lock(state), open(state, "r+b") as handle:
-            last = handle.read().decode("ascii", "replace").strip()
-            chosen = proposed
-            with contextlib.suppress(ValueError):  # unreadable state: start from this id
-                if last and _parse(proposed) <= (previous := _parse(last)):
-                    chosen = _format(previous + timedelta(milliseconds=1))
-            handle.seek(0)
-            handle.truncate()
-            handle.write(chosen.encode("ascii"))
-            handle.flush()
+        with interprocess_lock(machine_lock_path("session-ids", key)):
+            state.touch(exist_ok=True)
+            with open(state, "r+b") as handle:
+                last = handle.read().decode("ascii", "replace").strip()
+                chosen = _next_id(last, proposed)
+                handle.seek(0)
+                handle.truncate()
+                handle.write(chosen.encode("ascii"))
+                handle.flush()
     except OSError as exc:  # e.g. a temporary folder this user cannot write
         log.warning("run id %s is not checked against other runs (%s: %s)", proposed,
                     state, exc.strerror or exc)
         return proposed
     return chosen
+
+
+def _next_id(last: str, proposed: str) -> str:
+    """``proposed``, or one millisecond after ``last`` when ``proposed`` is not later."""
+    with contextlib.suppress(ValueError):  # unreadable state: start from this id
+        if last and _parse(proposed) <= (previous := _parse(last)):
+            return _format(previous + timedelta(milliseconds=1))
+    return proposed
 
 
 class UniqueVersionSessionStore(BaseSessionStore):

@@ -7,7 +7,7 @@ decoded, never opened as a file path. :func:`score_decoded` scores the decodable
 in batches, with every score that evaluation reports; a scan's scores do not depend on
 the other scans of the request or folder. It returns one row per input, with the error
 of each row that failed.
-:data:`DETECTORS` keeps the served model's network between requests.
+The served model's network is kept between requests by ``oct_vae.serving.cache``.
 
 Used by the ``score`` and ``inference`` pipelines. Imports only numpy, torch and the
 project's imaging and detector modules (no Kedro, no MLflow).
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import math
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from oct_vae.data.imaging import RejectedScan, load_scan
 from oct_vae.vae.config import BASELINE_SCORES, EXTRA_SCORES, PAPER_SCORES
@@ -214,11 +211,23 @@ def score_decoded(
     """
     check_flag_score(detector, flag_score)
     threshold = detector.threshold(flag_score, specificity)
-    names = score_names(detector)
     ok = decoded.ok
     scores = detector.score(decoded.images[ok]) if ok.any() else {}
+    cols = _score_columns(detector, scores, np.flatnonzero(ok), len(decoded.errors))
     n = len(decoded.errors)
-    rows = np.flatnonzero(ok)
+    cols["flag_score"] = [flag_score] * n
+    cols["threshold"] = [threshold] * n
+    cols["anomalous"] = [None if v is None else bool(v > threshold) for v in cols[flag_score]]
+    cols["error"] = list(decoded.errors)
+    return cols
+
+
+def _score_columns(
+    detector: AnomalyDetector, scores: dict[str, np.ndarray], rows: np.ndarray, n: int
+) -> dict[str, list[Any]]:
+    """Every score of :func:`score_names`, then each one's ``<score>_percentile``, as
+    columns of ``n`` cells: the scored images' values in ``rows``, ``None`` elsewhere."""
+    names = score_names(detector)
     cols: dict[str, list[Any]] = {}
     for name in names:
         values: list[Any] = [None] * n
@@ -231,104 +240,4 @@ def score_decoded(
             for row, value in zip(rows, detector.percentile(name, scores[name])):
                 percentiles[row] = float(value)
         cols[f"{name}_percentile"] = percentiles
-    cols["flag_score"] = [flag_score] * n
-    cols["threshold"] = [threshold] * n
-    cols["anomalous"] = [None if v is None else bool(v > threshold) for v in cols[flag_score]]
-    cols["error"] = list(decoded.errors)
     return cols
-
-
-# ------------------------------------------------------------------ the served network
-
-
-class DetectorCache:
-    """The detector of the last checkpoint scored, built again only when the checkpoint
-    changes: the served model's network is built once, not once per request.
-
-    The checkpoint is recognised by its content, not by its identity: kedro-mlflow's
-    ``KedroPipelineModel.predict`` deep-copies its whole catalog, checkpoint included, on
-    every request (``runtime_catalog = deepcopy(self.loaded_catalog)`` in
-    ``kedro_mlflow/mlflow/kedro_pipeline_model.py``; ``copy_mode="assign"`` does not change
-    that), so each request brings a new but equal checkpoint. The cached detector is used
-    when everything but the weights equals a copy kept of the checkpoint it was built from,
-    and every weight equals its network's own (``torch.equal``; about 20 ms for the 148 MB of
-    a width-64 model, where building the network takes 0.6 s). Thread-safe: the model server
-    scores concurrent requests in threads.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # (detector, its checkpoint without the weights)
-        self._entry: tuple[AnomalyDetector, dict[str, Any]] | None = None
-
-    def get(self, checkpoint: dict[str, Any], device: torch.device | str) -> AnomalyDetector:
-        """The detector of ``checkpoint`` on ``device``, built only if not the cached one."""
-        device = torch.device(device)
-        with self._lock:
-            if self._entry is not None:
-                detector, rest = self._entry
-                if detector.device == device and _same_checkpoint(checkpoint, detector, rest):
-                    return detector
-            detector = AnomalyDetector(checkpoint, device)
-            self._entry = (detector, copy.deepcopy(_without_weights(checkpoint)))
-            return detector
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entry = None
-
-
-# The served model's detector (one per process).
-DETECTORS = DetectorCache()
-
-
-def _without_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in checkpoint.items() if k != "state_dict"}
-
-
-def _same_checkpoint(
-    checkpoint: dict[str, Any], detector: AnomalyDetector, rest: dict[str, Any]
-) -> bool:
-    weights = checkpoint.get("state_dict")
-    own = detector.model.state_dict()
-    return (
-        isinstance(weights, dict)
-        and weights.keys() == own.keys()
-        and _equal(_without_weights(checkpoint), rest)
-        and all(_equal(v, own[k]) for k, v in weights.items())
-    )
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """Exactly equal content (NaN equals NaN), for checkpoints' tensors and plain values."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-            return False
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return False
-        b = b.to(a.device)
-        return torch.equal(a, b) or (
-            a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
-        )
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (
-            isinstance(a, np.ndarray)
-            and isinstance(b, np.ndarray)
-            and a.dtype == b.dtype
-            and a.shape == b.shape
-            and a.tobytes() == b.tobytes()
-        )
-    if isinstance(a, dict):
-        return (
-            isinstance(b, dict)
-            and a.keys() == b.keys()
-            and all(_equal(v, b[k]) for k, v in a.items())
-        )
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_equal, a, b))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except (TypeError, ValueError):
-        return False

@@ -16,12 +16,13 @@ setting for (MLflow 3.17):
   base64: keys, ids, escaped line breaks); the model then refuses a request with more
   base64 than ``score.max_request_bytes`` itself (HTTP 400).
 * HTTP 400, not 500, for a JSON body that Python's ``json`` cannot turn into objects:
-  nested too deeply (``RecursionError``) or holding an integer of more than 4300 digits
-  (``ValueError``). MLflow's ``_decode_json_input`` (``mlflow/pyfunc/scoring_server/
-  __init__.py``, called by ``_parse_json_data`` from ``invocations``) catches only
-  ``JSONDecodeError`` and ``UnicodeDecodeError``, so these escape its ``/invocations``
-  handler, which turns only ``MlflowException`` into an answer. The app gets handlers for
-  the two errors, used when they come from that parsing; any other stays a 500.
+  nested too deeply (``RecursionError``), holding an integer of more than 4300 digits
+  (``ValueError``) or not UTF-8. MLflow answers malformed JSON with a 400 itself, but
+  the first two escape its ``/invocations`` handler as a 500. Here a body sent as
+  ``application/json`` is parsed once before MLflow sees it (``json.loads``, as MLflow
+  parses it, in a worker thread as MLflow does); one that raises any of these is answered
+  400 here, and every other body (valid JSON, malformed JSON, CSV, ...) goes to MLflow
+  unchanged, so any error after the parsing stays MLflow's (a 500 stays a 500).
 * Short error messages: MLflow's message for malformed JSON quotes the whole body, so an
   error body over 8 KiB is cut to the start and end of each long text.
 """
@@ -32,11 +33,12 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from oct_vae.framework.adapters import kedro_mlflow as kedro_mlflow_adapter
+from oct_vae.framework.adapters import mlflow as mlflow_adapter
 from oct_vae.serving import scoring as serving
 
 Scope = MutableMapping[str, Any]
@@ -54,9 +56,10 @@ DRAIN_SECONDS = 10.0
 MAX_ERROR_BYTES = 8 << 10
 # Characters kept at each end of a shortened text.
 ERROR_TEXT_ENDS = 1000
-# Functions of MLflow's scoring server that parse a request body (see the module).
-_MLFLOW_PARSERS = frozenset({"_parse_json_data", "_decode_json_input", "infer_and_parse_data"})
-_PARAM = "params:score.max_request_bytes"
+_PARAM = "score.max_request_bytes"
+# Frames of headroom for the JSON check (see unreadable_json): more than MLflow's parsing
+# adds between its worker thread and json.loads.
+STACK_MARGIN = 32
 
 _logger = logging.getLogger("oct_vae.serving.server")  # not __main__ under `python -m`
 
@@ -70,8 +73,7 @@ def model_max_request_bytes(model: Any) -> int | None:
     """``score.max_request_bytes`` as logged with the model, or ``None`` for a model logged
     before the parameter existed (or not by kedro-mlflow)."""
     try:
-        catalog = model.unwrap_python_model().loaded_catalog
-        value = catalog[_PARAM].load() if _PARAM in catalog else None
+        value = kedro_mlflow_adapter.pipeline_model_parameter(model, _PARAM)
     except Exception:  # not a KedroPipelineModel
         return None
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
@@ -81,44 +83,36 @@ def build_app(model: Any, max_body_bytes: int | None = None) -> RequestLimits:
     """MLflow's scoring app for ``model`` (a loaded ``PyFuncModel``), hardened (see the
     module). ``max_body_bytes`` defaults to :func:`body_limit` of the model's
     ``score.max_request_bytes``."""
-    from mlflow.pyfunc import scoring_server
-
-    app = scoring_server.init(model)
-    app.add_exception_handler(RecursionError, _unparsable_json)
-    app.add_exception_handler(ValueError, _unparsable_json)
+    app = mlflow_adapter.scoring_app(model)
     if max_body_bytes is None:
         limit = model_max_request_bytes(model) or serving.MAX_REQUEST_BYTES
         max_body_bytes = body_limit(limit)
     return RequestLimits(app, max_body_bytes)
 
 
-async def _unparsable_json(request: Any, exc: Exception) -> Any:
-    """400 for an error of MLflow's parsing of the body; anything else stays a 500."""
-    from fastapi.responses import Response
+def unreadable_json(body: bytes) -> str | None:
+    """Why Python's ``json`` cannot read ``body`` as MLflow would need it to (nested too
+    deeply, an integer too long to convert, not UTF-8), or ``None``: it parses, or it is
+    merely malformed JSON, which MLflow answers itself.
 
-    if not _raised_in(exc, _MLFLOW_PARSERS):
-        raise exc
-    reason = (
-        "JSON nested too deeply"
-        if isinstance(exc, RecursionError)
-        else f"{type(exc).__name__}: {exc}"
-    )
-    return Response(
-        content=_error_json(
-            f"Invalid input. The request body is not JSON that this server can read ({reason})."
-        ),
-        status_code=400,
-        media_type="application/json",
-    )
+    The body is parsed ``STACK_MARGIN`` frames deeper than MLflow parses it, so that JSON
+    nested just too deeply for MLflow's parser is refused here too (the nesting limit of
+    ``json`` counts the Python frames below it).
+    """
+    try:
+        _deeper(STACK_MARGIN, json.loads, body)
+    except RecursionError:
+        return "JSON nested too deeply"
+    except json.JSONDecodeError:
+        return None
+    except ValueError as exc:  # UnicodeDecodeError; an integer of over 4300 digits
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
-def _raised_in(exc: BaseException, functions: frozenset[str]) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name in functions:
-            return True
-        tb = tb.tb_next
-    return False
+def _deeper(frames: int, function: Callable[[bytes], Any], arg: bytes) -> Any:
+    """``function(arg)``, called ``frames`` Python frames deeper than this call."""
+    return function(arg) if frames <= 0 else _deeper(frames - 1, function, arg)
 
 
 def _error_json(message: str, error_code: str = "BAD_REQUEST") -> bytes:
@@ -142,24 +136,16 @@ class RequestLimits:
         if declared is not None and declared > self.max_body_bytes:
             await self._refuse(receive, send, f"{declared:,}")
             return
-        # Read the body here (at most the limit) and hand it on in one piece.
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left: nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = bool(message.get("more_body", False))
-            if size > self.max_body_bytes:
-                chunks.clear()
-                await self._refuse(receive, send, f"{size:,}" + (" or more" if more else ""), more)
-                return
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        chunks.clear()
+        body = await self._read_body(receive, send)
+        if body is None:
+            return  # refused, or the client left
+        if _is_json(scope) and (reason := await asyncio.to_thread(unreadable_json, body)):
+            message = (
+                "Invalid input. The request body is not valid JSON that this server can "
+                f"read ({reason})."
+            )
+            await _answer(send, 400, _error_json(message))
+            return
         delivered = False
 
         async def replay() -> Message:
@@ -170,6 +156,26 @@ class RequestLimits:
             return await receive()  # after the body: the client's disconnect
 
         await self.app(scope, replay, send)
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body (at most the limit), or ``None`` when it was refused (413) or the
+        client disconnected."""
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None  # the client left: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = bool(message.get("more_body", False))
+            if size > self.max_body_bytes:
+                chunks.clear()
+                await self._refuse(receive, send, f"{size:,}" + (" or more" if more else ""), more)
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _refuse(self, receive: Receive, send: Send, what: str, more: bool = True) -> None:
         """Answer 413 to a body of ``what`` bytes; ``more``: the client is still sending."""
@@ -191,18 +197,28 @@ class RequestLimits:
             "--max-body-bytes). Send fewer or smaller scans per request.",
             "REQUEST_LIMIT_EXCEEDED",
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, body, close=True)
+
+
+async def _answer(send: Send, status: int, body: bytes, close: bool = False) -> None:
+    """Send a whole JSON answer; ``close``: the connection closes after it."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether MLflow parses this request's body as JSON (its content type, as it reads it)."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-type":
+            mime = value.decode("latin-1").split(";")[0].strip()
+            return mime == mlflow_adapter.JSON_CONTENT_TYPE
+    return False
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -284,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     if args.timeout is not None:
-        os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(args.timeout)
+        mlflow_adapter.set_request_timeout(args.timeout)
     model = mlflow.pyfunc.load_model(args.model_uri)
     app = build_app(model, args.max_body_bytes)
     # The one line per request of the model (oct_vae.pipelines.inference.nodes) and the

@@ -10,6 +10,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from oct_vae.serving import scoring as serving
+from oct_vae.serving.cache import detector_for
 from oct_vae.training.device import resolve_device
 
 # Request columns: the scan as base64 text, and an optional id echoed back.
@@ -39,7 +40,7 @@ def score_request(
     """Score each base64 scan of a request; a row that cannot be scored gets an ``error``.
 
     The request as a whole is checked before any row is decoded (``_checked_request``);
-    the network is built once per checkpoint, not per request (``serving.DETECTORS``).
+    the network is built once per checkpoint, not per request (``oct_vae.serving.cache``).
     Logs one line per request: rows, scored, errors and seconds, or why it was refused.
 
     Returns:
@@ -52,7 +53,7 @@ def score_request(
     start = time.perf_counter()
     values = _checked_request(scoring_request, max_request_rows, max_request_bytes)
     try:
-        detector = serving.DETECTORS.get(scorer_checkpoint, resolve_device(device))
+        detector = detector_for(scorer_checkpoint, resolve_device(device))
         decoded = serving.decode_request(
             values, detector.image_size, max_image_pixels, max_image_bytes
         )

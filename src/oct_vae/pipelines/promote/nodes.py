@@ -19,7 +19,9 @@ def promote_champion(kedro_env: str) -> dict[str, Any]:
         and ``message``; also recorded as tags of this run's MLflow run when there is one.
     """
     decision = registry.promote(mlflow.MlflowClient(), kedro_env)
-    result = {
+    if mlflow.active_run() is not None:
+        mlflow.set_tags(_tags(decision))
+    return {
         "version": decision.version,
         "auc_all": decision.auc,
         "previous": decision.previous,
@@ -27,13 +29,13 @@ def promote_champion(kedro_env: str) -> dict[str, Any]:
         "compared": list(decision.compared),
         "message": decision.message,
     }
-    if mlflow.active_run() is not None:
-        mlflow.set_tags(
-            {
-                "promote.version": str(decision.version),
-                "promote.previous": str(decision.previous),
-                "promote.changed": str(decision.changed).lower(),
-                "promote.message": decision.message,
-            }
-        )
-    return result
+
+
+def _tags(decision: registry.Decision) -> dict[str, str]:
+    """The decision as MLflow run tags (``promote.*``)."""
+    return {
+        "promote.version": str(decision.version),
+        "promote.previous": str(decision.previous),
+        "promote.changed": str(decision.changed).lower(),
+        "promote.message": decision.message,
+    }

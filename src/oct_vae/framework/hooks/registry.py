@@ -65,24 +65,8 @@ class ModelRegistryHook:
         if not versions:
             return  # the pipeline logs no model (not bound to inference)
         env = run_params.get("env") or registry.DEFAULT_ENV
-        model = catalog.load("vae_model")
-        fields: dict[str, Any] = {
-            "kedro_run_id": str(run_params["run_id"]),
-            "env": env,
-            "data_fingerprint": (model.get("metadata") or {}).get("data_fingerprint"),
-        }
         evaluated = EVALUATED_BY in pipeline.all_outputs()
-        if evaluated:
-            flag = catalog.load("params:score.flag_score")
-            metric = metric_key("auc", flag, "All")
-            auc = client.get_run(run_id).data.metrics.get(metric)
-            fields.update(
-                flag_score=flag,
-                auc_metric=metric,
-                auc=auc,
-                test_split=registry.split_fingerprint(catalog.load("oct_manifest")),
-            )
-        tags = registry.version_tags(**fields)
+        tags = registry.version_tags(**_tag_fields(client, run_id, run_params, catalog, evaluated))
         registry.tag_versions(client, versions, tags)
         log.info(
             "registered %s version %s (%s)",
@@ -96,3 +80,26 @@ class ModelRegistryHook:
     @hook_impl
     def on_pipeline_error(self) -> None:
         self._mlflow_run_id = None
+
+
+def _tag_fields(
+    client: Any, run_id: str, run_params: dict[str, Any], catalog, evaluated: bool
+) -> dict[str, Any]:
+    """The arguments of ``registry.version_tags`` for the model of MLflow run ``run_id``:
+    the run, the environment and the training data; the evaluation when ``evaluated``."""
+    model = catalog.load("vae_model")
+    fields: dict[str, Any] = {
+        "kedro_run_id": str(run_params["run_id"]),
+        "env": run_params.get("env") or registry.DEFAULT_ENV,
+        "data_fingerprint": (model.get("metadata") or {}).get("data_fingerprint"),
+    }
+    if evaluated:
+        flag = catalog.load("params:score.flag_score")
+        metric = metric_key("auc", flag, "All")
+        fields.update(
+            flag_score=flag,
+            auc_metric=metric,
+            auc=client.get_run(run_id).data.metrics.get(metric),
+            test_split=registry.split_fingerprint(catalog.load("oct_manifest")),
+        )
+    return fields

@@ -1,0 +1,44 @@
+"""kedro-mlflow's internals, in one place (``PRIVATE_NAMES``).
+
+``PrivateMlflowHook`` extends kedro-mlflow's ``MlflowHook`` and switches it off on a
+``torchrun`` rank other than 0 (the hook has no setting for that: it reads a private
+flag); the model server reads the parameters logged with a ``KedroPipelineModel``; and
+kedro-mlflow itself points the served model's datasets at the packed files by setting
+their ``_filepath`` (``KedroPipelineModel.load_context``), which the project's datasets
+must keep honouring. Contract test: ``tests/framework/test_adapters.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+
+__all__ = ["MlflowHook", "disable", "pipeline_model_parameter"]
+
+# (class, attribute): what this module touches, checked on an instance of the class.
+PRIVATE_NAMES = (
+    ("kedro_mlflow.framework.hooks.mlflow_hook.MlflowHook", "_is_mlflow_enabled"),
+    ("kedro_mlflow.framework.hooks.mlflow_hook.MlflowHook", "run_id"),
+    ("kedro_mlflow.mlflow.KedroPipelineModel", "loaded_catalog"),
+)
+
+
+def disable(hook: MlflowHook) -> None:
+    """Make ``hook`` do nothing for this process: no store opened, no run, no logging."""
+    hook._is_mlflow_enabled = False
+    hook.run_id = None
+
+
+def pipeline_model_parameter(model: Any, name: str) -> Any:
+    """The parameter ``name`` logged with a loaded ``KedroPipelineModel`` (a pyfunc model).
+
+    Returns:
+        Its value, or ``None`` when the model has no such parameter.
+
+    Raises:
+        AttributeError: ``model`` is not a kedro-mlflow pipeline model.
+    """
+    catalog = model.unwrap_python_model().loaded_catalog
+    key = f"params:{name}"
+    return catalog[key].load() if key in catalog else None
