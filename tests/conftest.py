@@ -24,8 +24,12 @@ TINY_PHANTOM = {
     "seed": 7,
 }
 
-# The real Kermany sample (32 scans, 8 per class), outside the repository.
-KERMANY_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-sample"
+# The shared real Kermany scans, outside the repository: the one place tests find them.
+# kermany-sample holds 32 scans (8 per class), kermany-sample-2 27 more: 59 in all, the real
+# development set (docs/selection-protocol.md). Tests that need them skip when absent.
+REAL_SCANS_ROOT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+KERMANY_SAMPLE = REAL_SCANS_ROOT / "kermany-sample"
+REAL_SCAN_FOLDERS = (KERMANY_SAMPLE, REAL_SCANS_ROOT / "kermany-sample-2")
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +50,25 @@ def tiny_phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def skip_without_real_scans() -> None:
+    """Skip the calling test when the shared real scans are absent (and only then)."""
+    absent = [str(f) for f in REAL_SCAN_FOLDERS if not f.is_dir()]
+    if absent:
+        pytest.skip(f"real Kermany scans not found at {', '.join(absent)}")
+
+
 @pytest.fixture()
 def kermany_sample_dir() -> Path:
     """The real 32-scan Kermany sample; skips the test when the folder is absent."""
-    if not KERMANY_SAMPLE.is_dir():
-        pytest.skip(f"real Kermany sample not found at {KERMANY_SAMPLE}")
-    return KERMANY_SAMPLE.resolve()
+    skip_without_real_scans()
+    return KERMANY_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def real_scans_root() -> Path:
+    """The folder holding both real samples (59 scans); skips when they are absent."""
+    skip_without_real_scans()
+    return REAL_SCANS_ROOT
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -38,6 +38,19 @@ def test_architecture_names_every_module():
     assert not missing, f"docs/architecture.md does not name: {missing}"
 
 
+def test_the_readme_layout_matches_the_package():
+    """The README's "The code" table names every subpackage of src/oct_vae/, and
+    docs/architecture.md draws each one in its folder tree."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## The code", 1)[1].split("\n## ", 1)[0]
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    assert len(folders) >= 6
+    assert not [f for f in folders if f"`{f}/`" not in section], section
+    tree = architecture.split("## The folders", 1)[1].split("\n## ", 1)[0]
+    assert not [f for f in folders if f"── {f}/" not in tree], tree
+
+
 def _resolves(dotted: str) -> bool:
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):

@@ -30,10 +30,10 @@ from oct_vae.data.phantom import (
 )
 from oct_vae.data.phantom.anatomy import _L
 from oct_vae.framework.fileio import temp_path
+from tests.conftest import REAL_SCAN_FOLDERS
 from tests.test_fileio import dead_pid
 
 NAME_RE = re.compile(r"^(NORMAL|CNV|DME|DRUSEN)-\d+-\d+\.jpeg$")
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kermany-sample"
 TINY = PhantomConfig(n_normal_patients=5, n_patients_per_disease=3, scans_per_patient=(1, 3),
                      wide_fraction=0.4, test_fraction=0.34, seed=11)
 # SHA-1 of rendered pixels (format 4), recorded before the module was split into a package
@@ -329,14 +329,13 @@ def test_global_baselines_do_not_separate_but_lesions_show_at_128() -> None:
         assert (diff > 40).sum() >= (4 if label == "DRUSEN" else 15), label
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real Kermany sample not available")
-def test_intensity_statistics_resemble_real_scans() -> None:
+def test_intensity_statistics_resemble_real_scans(real_scans_root) -> None:
     def stats(images: list[np.ndarray]) -> np.ndarray:
         return np.array([[a.mean(), np.percentile(a, 50), np.percentile(a, 95),
                           np.percentile(a, 5)] for a in images])
 
     real = [np.asarray(Image.open(p).convert("L"), float)
-            for folder in (REAL, REAL.parent / "kermany-sample-2")
+            for folder in REAL_SCAN_FOLDERS
             for p in sorted(folder.glob("NORMAL/*.jpeg"))]
     cfg = PhantomConfig()
     fake = []

@@ -18,14 +18,12 @@ from oct_vae.pipelines.evaluate import create_pipeline
 from oct_vae.pipelines.evaluate.nodes import build_statistical_report, score_real_scans
 from oct_vae.pipelines.train.nodes import calibrate_model, train_vae
 from oct_vae.vae.detector import operating_threshold
+from tests.conftest import REAL_SCANS_ROOT
 
 # train.scoring of a small test model: L = 2, batch 8, k 5 %, filter sigma 2 px, k 5 %.
 SCORING = {"n_samples": 2, "batch_size": 8, "top_k_percent": 5.0, "residual_sigma": 2.0,
            "filtered_top_k_percent": 5.0}
 
-# The real Kermany samples (kermany-sample: 32 scans, kermany-sample-2: 27), outside the
-# repository; real_scans' default folder. Tests that need them skip when they are absent.
-REAL_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 TRAIN = {
     "width": 4,
@@ -208,18 +206,16 @@ def test_operating_threshold_never_reads_test_labels(tiny_model_and_data):
 
 
 @pytest.fixture(scope="module")
-def real_run(tiny_model_and_data, tmp_path_factory):
+def real_run(tiny_model_and_data, real_scans_root, tmp_path_factory):
     """The evaluate pipeline with real_scans at both real Kermany samples (59 scans)."""
-    if not (REAL_DATA / "kermany-sample").is_dir():
-        pytest.skip(f"real Kermany samples not found under {REAL_DATA}")
-    return run_evaluate(tiny_model_and_data, REAL_DATA.resolve(), tmp_path_factory.mktemp("ev"))
+    return run_evaluate(tiny_model_and_data, real_scans_root, tmp_path_factory.mktemp("ev"))
 
 
 def test_real_scans_get_a_transfer_table_with_cis_and_baselines(real_run):
     per_scan = real_run["real_scan_scores"]
     # every file has a row; paths relative to the folder; nothing dropped silently
     assert not per_scan["path"].str.startswith("/").any()
-    n_files = sum(1 for p in REAL_DATA.resolve().rglob("*") if p.is_file())
+    n_files = sum(1 for p in REAL_SCANS_ROOT.rglob("*") if p.is_file())
     assert len(per_scan) == n_files
     scored = per_scan[per_scan["error"] == ""]
     assert len(scored) >= 59 and scored["label"].value_counts().min() >= 13
