@@ -58,7 +58,7 @@ from oct_vae.training.checkpointing import (
     resume_key,
     snapshot,
 )
-from oct_vae.training.config import TrainConfig
+from oct_vae.training.config import TrainConfig, stream_seed
 from oct_vae.training.cuda_graph import GraphedStep, capture_or_none
 from oct_vae.training.device import resolve_device
 from oct_vae.training.fast_path import FastPath
@@ -223,7 +223,7 @@ class Trainer:
         self.model.eval()
         n = self.val_data.shape[0]
         idx = torch.arange(self.rank, n, self.world_size, device=self.device)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919)
+        gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.seed, "validation"))
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         for start in range(0, idx.numel(), cfg.val_batch_size):
             x = to_float_batch(self.val_data[idx[start : start + cfg.val_batch_size]],
@@ -242,14 +242,13 @@ class Trainer:
         return {"recon": recon, "kl": kl, "total": total}
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(stream_seed(self.config.seed, "order", epoch))
         return torch.randperm(self.train_data.shape[0], generator=gen)
 
     def _epoch_noise(self, epoch: int, n: int) -> torch.Tensor:
         # One draw per image position of the epoch, identical on every rank.
         gen = torch.Generator(device=self.device).manual_seed(
-            self.config.seed * 7_919 + epoch * 104_729
-        )
+            stream_seed(self.config.seed, "noise", epoch))
         shape = (n, self.model_config.latent_dim, 1, 1)
         return torch.randn(shape, generator=gen, device=self.device)
 
