@@ -147,7 +147,7 @@ def test_viz_shows_every_pipeline_node_layer_and_tag(viz):
         for n in main["nodes"]
         if n["type"] == "data"
         and not n["layer"]
-        and not n["dataset_type"].endswith(("MemoryDataset", "MlflowMetricsHistoryDataset"))
+        and not n["dataset_type"].endswith(("MemoryDataset", "MlflowMetricsBatchDataset"))
     ]
     assert unlayered == []
 

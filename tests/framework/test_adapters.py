@@ -30,7 +30,11 @@ from kedro_datasets.text import TextDataset  # noqa: E402
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook  # noqa: E402
 from kedro_mlflow.mlflow import KedroPipelineModel  # noqa: E402
 
-from oct_vae.datasets import NpyDataset, TorchCheckpointDataset  # noqa: E402
+from oct_vae.datasets import (  # noqa: E402
+    MlflowMetricsBatchDataset,
+    NpyDataset,
+    TorchCheckpointDataset,
+)
 from oct_vae.framework.adapters import kedro as kedro_adapter  # noqa: E402
 from oct_vae.framework.adapters import kedro_datasets as datasets_adapter  # noqa: E402
 from oct_vae.framework.adapters import kedro_mlflow as kedro_mlflow_adapter  # noqa: E402
@@ -57,6 +61,9 @@ def _sample(owner: str, tmp: Path):
         ),
         "kedro_mlflow.framework.hooks.mlflow_hook.MlflowHook": MlflowHook,
         "kedro_mlflow.mlflow.KedroPipelineModel": lambda: _pipeline_model(tmp)[0],
+        "kedro_mlflow.io.metrics.MlflowMetricsHistoryDataset": lambda: MlflowMetricsBatchDataset(
+            prefix=""
+        ),
     }
     if owner in samples:
         return samples[owner]()

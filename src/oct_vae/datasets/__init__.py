@@ -5,6 +5,7 @@ from oct_vae.datasets.atomic import (
     AtomicMatplotlibDataset,
     AtomicTextDataset,
 )
+from oct_vae.datasets.mlflow_metrics import MlflowMetricsBatchDataset
 from oct_vae.datasets.npy_dataset import NpyDataset
 from oct_vae.datasets.scan_folder_dataset import ScanFolderDataset
 from oct_vae.datasets.torch_checkpoint_dataset import TorchCheckpointDataset
@@ -13,6 +14,7 @@ __all__ = [
     "AtomicCSVDataset",
     "AtomicMatplotlibDataset",
     "AtomicTextDataset",
+    "MlflowMetricsBatchDataset",
     "NpyDataset",
     "ScanFolderDataset",
     "TorchCheckpointDataset",
