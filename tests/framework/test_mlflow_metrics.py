@@ -18,9 +18,14 @@ HISTORY = {"train_total": [{"value": 10.0 - e, "step": e} for e in range(40)]}
 
 @pytest.fixture()
 def store(tmp_path, monkeypatch):
+    """A fresh SQLite store with its own experiment. The experiment is named on every
+    run: an earlier test in the same worker may have left MLflow's process-wide
+    active experiment pointing at an id this store does not have."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    yield uri
+    yield MlflowClient().create_experiment("metrics-batch")
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
@@ -39,10 +44,10 @@ def test_the_same_metrics_as_kedro_mlflow_in_three_requests(store, monkeypatch):
     monkeypatch.setattr(MlflowClient, "log_batch",
                         lambda self, run_id, **kw: calls.append(len(kw["metrics"]))
                         or real(self, run_id, **kw))
-    with mlflow.start_run() as ours:
+    with mlflow.start_run(experiment_id=store) as ours:
         MlflowMetricsBatchDataset(prefix="").save({**REPORT, **HISTORY})
     monkeypatch.undo()
-    with mlflow.start_run() as theirs:
+    with mlflow.start_run(experiment_id=store) as theirs:
         MlflowMetricsHistoryDataset(prefix="").save({**REPORT, **HISTORY})
     assert calls == [1000, 1000, 290]  # 2,250 + 40 values, MLflow's 1,000 per request
     assert _logged(ours.info.run_id) == _logged(theirs.info.run_id)
@@ -53,7 +58,7 @@ def test_the_same_metrics_as_kedro_mlflow_in_three_requests(store, monkeypatch):
 def test_logging_switched_off_logs_nothing(store):
     dataset = MlflowMetricsBatchDataset(prefix="")
     dataset._logging_activated = False  # what kedro-mlflow does for an untracked pipeline
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=store) as run:
         dataset.save(REPORT)
     assert _logged(run.info.run_id) == {}
 
@@ -62,4 +67,4 @@ def test_no_active_run_is_an_error_not_a_new_run(store):
     with pytest.raises(DatasetError, match="no active MLflow run"):
         MlflowMetricsBatchDataset(prefix="").save(REPORT)
     assert mlflow_metrics.BATCH == 1000
-    assert MlflowClient().search_runs(["0"]) == []
+    assert MlflowClient().search_runs(["0", store]) == []
