@@ -66,7 +66,8 @@ def test_index_pools_every_layout_and_rejects_with_reasons() -> None:
         "OCT2017/train/CNV/CNV-8.jpeg",
         "copy/OCT2017/train/NORMAL/NORMAL-1-1.jpeg",  # the same file twice
     ]
-    scans, rejected = index_scans(paths)
+    not_scans = ["OCT2017/README.md", "OCT2017/train/CNV/.DS_Store", "__MACOSX/CNV/._CNV-9-1.jpeg"]
+    scans, rejected = index_scans(paths + not_scans)  # not-scans: skipped, not rejected
     assert {(s.label, s.patient_id) for s in scans} == {
         ("NORMAL", "1"),
         ("CNV", "2"),

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from oct_vae.data.scan_files import not_a_scan
+
 CLASSES = ("NORMAL", "CNV", "DME", "DRUSEN")
 DISEASES = CLASSES[1:]
 SPLITS = ("train", "val", "test")
@@ -71,7 +73,7 @@ def parse_scan_name(name: str) -> tuple[str, str, int]:
 
 
 def index_scans(paths: Iterable[str]) -> tuple[list[Scan], list[tuple[str, str]]]:
-    """Turn file paths into scans; everything else becomes a (path, reason) rejection.
+    """File paths into scans; not-scans (``scan_files``) skipped, the rest rejected with a reason.
 
     A file is a scan when its extension is an image one, its name parses, its parent
     folder is a class name (any case) and agrees with the class in the name. A second
@@ -87,7 +89,7 @@ def index_scans(paths: Iterable[str]) -> tuple[list[Scan], list[tuple[str, str]]
     scans: list[Scan] = []
     rejected: list[tuple[str, str]] = []
     first_seen: dict[str, str] = {}
-    for path in sorted(paths):
+    for path in sorted(p for p in paths if not_a_scan(p) is None):  # README, .DS_Store: skipped
         scan = _scan_of(path)
         if isinstance(scan, str):
             rejected.append((path, scan))

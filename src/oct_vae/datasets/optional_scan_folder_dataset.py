@@ -30,10 +30,10 @@ class OptionalScanFolderDataset(ScanFolderDataset):
         super().__init__(path, phantom=None, metadata=metadata)
 
     def load(self) -> pd.DataFrame:
-        """One row per regular file under the folder (hidden files excluded), sorted:
+        """One row per file under the folder (not-scans such as README excluded), sorted:
         ``path`` (to read it) and ``key`` (relative to the folder); no rows when the folder
         is missing or empty."""
-        paths = list_files(self._path) if self._path.is_dir() else []
+        paths = list_files(self._path, "real_scans") if self._path.is_dir() else []
         keys = [Path(p).relative_to(self._path).as_posix() for p in paths]
         return pd.DataFrame({"path": paths, "key": keys}, columns=COLUMNS, dtype=object)
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Iterator
+import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from kedro.io.core import AbstractDataset, DatasetError
 
+from oct_vae.data import scan_files
 from oct_vae.data.imaging import resolve_workers
 from oct_vae.data.phantom import PhantomConfig, generate_phantom
 
 PHANTOM_MANIFEST = "phantom.json"
+log = logging.getLogger(__name__)
 
 MISSING_DATASET = (
     "No scans found at {path}. Download OCT2017 (Kermany, Zhang, Goldbaum 2018) from "
@@ -54,7 +55,8 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         """Generate the phantom if configured, then list the folder.
 
         Returns:
-            One row per regular file, hidden files and ``phantom.json`` excluded, sorted:
+            One row per regular file, sorted, ``phantom.json`` and the files that are not
+            scans (``oct_vae.data.scan_files``: README, .DS_Store, hidden ...) excluded:
             ``path`` (posix, to read it) and ``key`` (relative to the folder; what results
             record).
 
@@ -63,7 +65,7 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         """
         if self._phantom is not None:  # runs started at once take turns (generate_phantom)
             generate_phantom(self._path, self._phantom_config(), workers=resolve_workers(0))
-        paths = list_files(self._path) if self._path.is_dir() else []
+        paths = list_files(self._path, "raw_scans") if self._path.is_dir() else []
         if not paths:
             raise DatasetError(MISSING_DATASET.format(path=self._path.as_posix()))
         keys = [Path(p).relative_to(self._path).as_posix() for p in paths]
@@ -74,7 +76,8 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         raise DatasetError(f"ScanFolderDataset({self._path.as_posix()}) is read-only")
 
     def _exists(self) -> bool:
-        return self._path.is_dir() and any(True for _ in _iter_files(self._path))
+        return self._path.is_dir() and any(
+            kind is None for _, kind in scan_files.walk(self._path))
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._path.as_posix(), "phantom": self._phantom}
@@ -97,17 +100,13 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         return PhantomConfig(**kwargs)
 
 
-def list_files(root: Path) -> list[str]:
-    """Posix paths of the regular files under ``root``, sorted; hidden ones excluded."""
-    return sorted(Path(p).as_posix() for p in _iter_files(root))
-
-
-def _iter_files(root: Path) -> Iterator[str]:
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if name.startswith(".") or (name == PHANTOM_MANIFEST and Path(folder) == root):
-                continue
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                yield path
+def list_files(root: Path, what: str) -> list[str]:
+    """Posix paths of the files under ``root`` that may be scans, sorted (``phantom.json``
+    at the root excluded); the not-scans skipped (``scan_files.not_a_scan``) are counted in
+    one INFO line that names the listing ``what``."""
+    paths, skipped = scan_files.list_scan_files(root)
+    line = scan_files.summary(skipped, what)
+    if line:
+        log.info("%s", line)
+    manifest = (Path(root) / PHANTOM_MANIFEST).as_posix()
+    return [p for p in paths if p != manifest]

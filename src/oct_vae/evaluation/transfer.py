@@ -5,10 +5,11 @@ the file name, patient id from the file name) and decoded exactly like ingest
 (``imaging.decode_scans`` at the model's image size). These scans are only scored: never
 used for training, thresholds or any choice.
 
-Nothing is dropped silently: a file that is not a scan or cannot be decoded, and a scan
-the model may have seen (pixels identical to a training or validation scan, or a patient
-of the training or validation split), gets a row with empty scores and the reason in
-``error``.
+Nothing is dropped silently (only files that are not scans at all, README or .DS_Store,
+are skipped when the folder is listed: ``data/scan_files``): a file that is not a
+readable scan, and a scan the model may have seen (pixels identical to a training or
+validation scan, or a patient of the training or validation split), gets a row with empty
+scores and the reason in ``error``.
 """
 
 from __future__ import annotations

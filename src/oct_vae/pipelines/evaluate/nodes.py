@@ -87,7 +87,8 @@ def score_real_scans(
     """Transfer to real scans: every score of every real labelled scan in ``real_scans``,
     indexed and decoded exactly like ingest, only scored (``oct_vae.evaluation.transfer``).
 
-    Nothing is dropped silently: a file that is not a scan or cannot be decoded, and a
+    Only files that are not scans at all (README, .DS_Store: ``data/scan_files``) are
+    skipped, when the folder is listed; a file that is not a readable scan, and a
     scan the model may have seen (its pixels or its patient in this manifest's training
     or validation split), gets a row with empty scores and the reason in ``error``. A
     missing or empty folder gives an empty table and one log line.

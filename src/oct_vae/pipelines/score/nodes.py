@@ -26,7 +26,8 @@ USAGE = "kedro run --pipeline score --params score.input_dir=<folder of JPEG/PNG
 
 
 def find_scans(input_dir: str | None) -> pd.DataFrame:
-    """List every file under ``input_dir``, recursively (hidden files excluded).
+    """List every file under ``input_dir``, recursively (not-scans such as README, .DS_Store
+    and hidden files skipped, counted in one log line: ``oct_vae.data.scan_files``).
 
     Returns:
         Columns ``path`` (as found) and ``key`` (relative to ``input_dir``), sorted.
@@ -39,7 +40,7 @@ def find_scans(input_dir: str | None) -> pd.DataFrame:
     root = Path(str(input_dir)).expanduser()
     if not root.is_dir():
         raise ValueError(f"score.input_dir={root} is not a folder. Run `{USAGE}`.")
-    paths = list_files(root)
+    paths = list_files(root, "score.input_dir")
     if not paths:
         raise ValueError(f"score.input_dir={root} holds no files to score. Run `{USAGE}`.")
     keys = [Path(p).relative_to(root).as_posix() for p in paths]
