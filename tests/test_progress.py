@@ -20,10 +20,11 @@ class Clock:
 def test_logs_rate_and_eta_every_interval_and_a_summary_at_the_end(caplog):
     clock = Clock()
     log = logging.getLogger("test.progress")
-    progress = Progress("decode", 1000, "scans", log, every_s=10, bar=False, clock=clock)
+    progress = Progress("decode", 1000, "scans", log, every_s=10, bar=False, clock=clock,
+                        first_s=10)
     with caplog.at_level(logging.INFO, logger="test.progress"), progress as p:
         clock.now += 5
-        p.update(100)  # 5 s in: no line yet
+        p.update(100)  # 5 s in: no line yet (first_s)
         clock.now += 5
         p.update(100)  # 10 s in: 200 done, 20/s, 800 left -> 40 s
         clock.now += 10

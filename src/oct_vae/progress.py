@@ -2,9 +2,12 @@
 
 Every long stage (decoding scans, training epochs, scoring, the bootstrap report) counts
 its work through a ``Progress``. On a terminal it draws a tqdm bar; whether or not there is
-one, it logs a line with the count, the rate and the time left every ``every_s`` seconds,
-and a last line with the total and the mean rate, so that a run in the background, under
-nohup or in CI leaves the same record as one watched live:
+one, it logs (through ``logging``: the console and Kedro's log file) a line with the count,
+the rate and the time left, at a readable pace: none in the first ``first_s`` seconds (a
+short stage logs only its last line), then at every ``step`` of the total (10 %) and at
+least every ``every_s`` seconds; and always a last line with the total and the mean rate
+(``benchmarks/rehearse.py`` parses it), so that a run in the background, under nohup or in
+CI leaves the same record as one watched live:
 
     decode: 12,000/26,861 scans (45%), 310 scans/s, ETA 48 s
     decode: 26,861 scans in 86.6 s (310 scans/s)
@@ -19,7 +22,9 @@ import sys
 import time
 from typing import Any
 
-LOG_EVERY_S = 30.0
+LOG_EVERY_S = 30.0  # at most this long between two running lines
+FIRST_LINE_S = 5.0  # no running line before this
+STEP = 0.1  # a running line at every tenth of the total
 
 
 class Progress:
@@ -30,29 +35,45 @@ class Progress:
         total: Units expected (``None`` when unknown: no percentage and no ETA).
         unit: The unit's name, plural ("scans", "batches").
         logger: Where the lines go.
-        every_s: Seconds between log lines while the stage runs.
+        every_s: Longest time between two running lines.
         bar: Draw a tqdm bar when stderr is a terminal.
+        first_s: No running line before this many seconds.
+        step: A running line each time this share of ``total`` more is done.
     """
 
     def __init__(self, what: str, total: int | None, unit: str = "scans",
                  logger: logging.Logger | None = None, every_s: float = LOG_EVERY_S,
-                 bar: bool = True, clock: Any = time.monotonic) -> None:
+                 bar: bool = True, clock: Any = time.monotonic, first_s: float = FIRST_LINE_S,
+                 step: float = STEP) -> None:
         self.what, self.total, self.unit = what, total, unit
         self.log = logger or logging.getLogger("oct_vae")
-        self.every_s, self.clock = every_s, clock
-        self.done = 0
+        self.every_s, self.first_s, self.step, self.clock = every_s, first_s, step, clock
+        self.done, self.lines = 0, 0
         self.start = self.last = clock()
+        self.next_mark = 0.0  # the share of the total that gives the next line
         self.bar = _bar(what, total, unit) if bar else None
 
     def update(self, n: int = 1) -> None:
-        """``n`` more units done; a log line when ``every_s`` has passed since the last."""
+        """``n`` more units done; a running line when one is due (:meth:`due`)."""
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
         now = self.clock()
-        if now - self.last >= self.every_s:
-            self.last = now
+        if self.due(now):
+            self.last, self.lines = now, self.lines + 1
+            if self.total:
+                share = self.done / self.total
+                self.next_mark = (int(share / self.step + 1e-9) + 1) * self.step
             self.log.info("%s", self.line(now))
+
+    def due(self, now: float) -> bool:
+        """Whether a running line is due: ``first_s`` has passed, and this is the first
+        line, ``every_s`` has passed since the last, or a next ``step`` of the total is done."""
+        if now - self.start < self.first_s:
+            return False
+        if self.lines == 0 or now - self.last >= self.every_s:
+            return True
+        return bool(self.total) and self.done / self.total >= self.next_mark - 1e-9
 
     def line(self, now: float | None = None) -> str:
         """The running line: count, share, rate and ETA."""
@@ -86,6 +107,26 @@ class Progress:
             self.close()
         elif self.bar is not None:
             self.bar.close()
+
+
+class NoProgress(Progress):
+    """A ``Progress`` that logs and draws nothing (a stage whose caller counts it itself)."""
+
+    def __init__(self) -> None:
+        super().__init__("", None, bar=False)
+
+    def update(self, n: int = 1) -> None:
+        """Count only."""
+        self.done += n
+
+    def close(self) -> float:
+        """Log nothing."""
+        return self.clock() - self.start
+
+
+def track(what: str | None, total: int | None, unit: str = "images") -> Progress:
+    """A ``Progress`` of ``what`` without a bar, or a silent one when ``what`` is ``None``."""
+    return Progress(what, total, unit, bar=False) if what else NoProgress()
 
 
 def _bar(what: str, total: int | None, unit: str):

@@ -6,7 +6,7 @@ The paper resizes the 512x496 (and 768x496) Spectralis B-scans to 128x128 graysc
 the aspect ratio is not kept. :func:`decode_scans` runs :func:`load_scan` over many
 files in a process pool and writes the results into one preallocated ``uint8`` array.
 
-This module imports only Pillow, numpy, tqdm and the standard library.
+This module imports only Pillow, numpy, tqdm, ``oct_vae.progress`` and the standard library.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from oct_vae.data.lineage import content_hash
+from oct_vae.progress import Progress, track
 
 # Smallest side we accept: anything smaller is a thumbnail or a broken export, not a B-scan.
 MIN_SIDE = 32
@@ -167,7 +168,7 @@ def decode_scans(
     max_pixels: int = 40_000_000,
     workers: int = 0,
     chunk_size: int = 64,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> tuple[np.ndarray, list[DecodeResult]]:
     """Decode many files with :func:`load_scan` across processes.
 
@@ -181,7 +182,7 @@ def decode_scans(
         max_pixels: Decompression-bomb limit, see :func:`load_scan`.
         workers: Processes; 0 = all cores, 1 = decode in this process.
         chunk_size: Files per task.
-        progress: Show a tqdm progress bar.
+        progress: Progress lines as "decode" (``True``), as the stage named, or none.
 
     Returns:
         The ``(len(paths), size, size)`` ``uint8`` array and one result per path, in order.
@@ -190,7 +191,8 @@ def decode_scans(
     results: list[DecodeResult] = [DecodeResult(i) for i in range(len(paths))]
     workers = resolve_workers(workers)
     tasks = _chunk_tasks(paths, size, max_pixels, chunk_size)
-    bar = _progress_bar(len(paths), progress)
+    bar = (Progress(progress if isinstance(progress, str) else "decode", len(paths), "scans")
+           if progress else track(None, len(paths)))
     workers = min(workers, len(tasks)) if len(tasks) > 1 else 1
     for chunk_results, chunk_pixels in _run_chunks(tasks, workers, 3 * workers):
         for result, image in zip(chunk_results, chunk_pixels, strict=True):
@@ -320,24 +322,6 @@ def _decode_chunk(
         except RejectedScan as exc:
             results.append(DecodeResult(index, reason=exc.reason))
     return results, pixels
-
-
-def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or a no-op stand-in
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a project dependency
-        enabled = False
-    if not enabled:
-        return _NoBar()
-    return tqdm(total=total, desc="decoding scans", unit="scan", mininterval=1.0, disable=None)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        """Do nothing."""
-
-    def close(self) -> None:
-        """Do nothing."""
 
 
 def decode_until_full(

@@ -11,6 +11,7 @@ Imports numpy and scikit-learn (the reference AUC implementation).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -128,8 +129,10 @@ def bootstrap_auc_draws(
     groups: Sequence[str],
     n_resamples: int = 1000,
     seed: int = 0,
+    progress: Any = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """AUC of every score and column on each of ``n_resamples`` patient-level resamples.
+    """AUC of every score and column on each of ``n_resamples`` patient-level resamples
+    (each counted on ``progress``, an ``oct_vae.progress.Progress``, when given).
 
     Patients are resampled with replacement within each label, so every resample keeps
     the class mix of the test set; all of a resampled patient's scans come along. The
@@ -148,19 +151,24 @@ def bootstrap_auc_draws(
     draws = {k: {g: np.empty(n_resamples) for g in groups} for k in scores}
     values = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
     for r in range(n_resamples):
-        idx = np.concatenate(
-            [
-                np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
-                for rows in by_label
-            ]
-        )
+        idx = _resample(rng, by_label)
         lab = labels[idx]
         masks = {g: _group_mask(lab, g) for g in groups}
         for name, v in values.items():
             vi = v[idx]
             for g, (keep, pos) in masks.items():
                 draws[name][g][r] = rank_auc(pos[keep], vi[keep])
+        if progress is not None:
+            progress.update(1)
     return draws
+
+
+def _resample(rng: np.random.Generator, by_label: list[list[np.ndarray]]) -> np.ndarray:
+    """One patient-level resample: the rows of patients drawn with replacement per label."""
+    return np.concatenate(
+        [np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+         for rows in by_label]
+    )
 
 
 def bootstrap_auc(

@@ -29,6 +29,7 @@ from oct_vae.evaluation.metrics import (
     sensitivity_at_threshold,
     specificity_at_threshold,
 )
+from oct_vae.progress import Progress
 from oct_vae.vae.detector import operating_threshold
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ def build_report(
         ``REAL_DATASET``; provenance columns on every row), and the Markdown (the real
         scans in a section "Transfer to real scans", then "Provenance").
     """
-    args = (calibration, n_bootstrap, specificity, seed)
-    report = _dataset_rows(TEST_DATASET, test_scores, *args)
     real = scored_real_scans(real_scan_scores)
-    real_report = None if real is None else _dataset_rows(REAL_DATASET, real, *args)
+    resamples = 2 * n_bootstrap * (1 if real is None else 2)  # image and patient level
+    with Progress("bootstrap report", resamples, "resamples", bar=False) as progress:
+        args = (calibration, n_bootstrap, specificity, seed, progress)
+        report = _dataset_rows(TEST_DATASET, test_scores, *args)
+        real_report = None if real is None else _dataset_rows(REAL_DATASET, real, *args)
     if real_report is not None:
         report = pd.concat([report, real_report], ignore_index=True)
     flag_row = ROW_NAMES.get(flag_score, flag_score) if flag_score else None
@@ -104,6 +107,7 @@ def report_rows(
     n_bootstrap: int,
     specificity: float,
     seed: int,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """The report's rows (without dataset and provenance) for one table of scored scans:
     AUC with its patient-bootstrap 95% CI, the paired difference to the reconstruction
@@ -122,7 +126,8 @@ def report_rows(
             lab, pat, sc = labels, patients, scores
         else:
             lab, pat, sc = patient_level(labels, patients, scores)
-        draws = bootstrap_auc_draws(lab, pat, sc, columns, n_resamples=n_bootstrap, seed=seed)
+        draws = bootstrap_auc_draws(lab, pat, sc, columns, n_resamples=n_bootstrap, seed=seed,
+                                    progress=progress)
         aucs = {n: {col: group_auc(lab, sc[n], col) for col in columns} for n in names}
         for n in names:
             for col in columns:

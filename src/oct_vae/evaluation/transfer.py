@@ -55,7 +55,7 @@ def score_real_scans(
         out[name] = np.nan
     if keep:
         detector = AnomalyDetector(vae_model, device)
-        scores = detector.score(pixels[[i for _, i in keep]])
+        scores = detector.score(pixels[[i for _, i in keep]], what="score real scans")
         for name in names:
             out.loc[[r for r, _ in keep], name] = scores[name]
     return out[columns].sort_values("path", ignore_index=True)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from oct_vae.data.lineage import data_fingerprint
+from oct_vae.progress import Progress, track
 from oct_vae.training import fast_path
 from oct_vae.training.batches import (
     batch_count,
@@ -138,6 +139,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config.lr, self.device,
                                         graphed=self.fast_path.cuda_graph)
         self.history: list[dict[str, float]] = []
+        self.progress: Progress = track(None, None)  # set by fit
         self.best: dict[str, Any] | None = None  # {"epoch", "val_total", "state_dict"}
         self.start_epoch, self.resumed_from = 1, None
         # Rank 0 writes; it checks the folder now, not after an epoch.
@@ -154,6 +156,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train for the configured epochs; return the best-epoch checkpoint."""
         cfg = self.config
+        images = (cfg.epochs - self.start_epoch + 1) * self.train_data.shape[0]
+        self.progress = track("train" if self.rank == 0 else None, images)  # steps, all epochs
         try:
             for epoch in range(self.start_epoch, cfg.epochs + 1):
                 self.checkpoints.raise_if_failed()  # a failed write stops training at once
@@ -165,6 +169,7 @@ class Trainer:
                 last = epoch == cfg.epochs
                 if self.rank == 0 and (epoch % cfg.checkpoint_every == 0 or last):
                     self.checkpoints.submit(self._state(epoch), epoch)
+            self.progress.close()
         finally:
             self.checkpoints.close(raise_errors=sys.exc_info()[0] is None)
         return self._result()
@@ -185,6 +190,7 @@ class Trainer:
             x = to_float_batch(self.train_data[order[batch][local]], self.channels_last)
             terms = self._optimise(x, noise[batch][local], min(n, batch.stop) - batch.start)
             losses.add(b, terms, x.shape[0])
+            self.progress.update(x.shape[0] * world)
         return losses.mean()
 
     def _optimise(self, x: torch.Tensor, eps: torch.Tensor, global_n: int) -> torch.Tensor:

@@ -44,7 +44,8 @@ def calibrate_checkpoint(
     mu = encoder_means(model, train_images, score_config.batch_size, device)
     fit = fit_latent_gaussian(mu)
     mean_normal = mean_image(train_images)
-    val = score_images(model, val_images, score_config, device, mean_normal, fit)
+    val = score_images(model, val_images, score_config, device, mean_normal, fit,
+                       what="calibrate (validation normals)")
     out = dict(checkpoint)
     out["mean_normal"] = torch.from_numpy(mean_normal.astype(np.float32))
     out["latent_fit"] = fit.to_tensors()
@@ -82,16 +83,16 @@ class AnomalyDetector:
         self.calibration = {k: v.numpy() for k, v in checkpoint["calibration"].items()}
         self.image_size = int(checkpoint["model_config"]["image_size"])
 
-    def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Every score of uint8 images (N, S, S)."""
+    def score(self, images: np.ndarray, what: str | None = None) -> dict[str, np.ndarray]:
+        """Every score of uint8 images (N, S, S); ``what`` names the stage in its progress
+        lines (``oct_vae.progress``; None: silent)."""
         if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"expected uint8 images of shape (N, {self.image_size}, {self.image_size}), "
                 f"got {images.shape}"
             )
-        return score_images(
-            self.model, images, self.score_config, self.device, self.mean_normal, self.latent_fit
-        )
+        return score_images(self.model, images, self.score_config, self.device,
+                            self.mean_normal, self.latent_fit, what=what)
 
     def percentile(self, name: str, values: np.ndarray) -> np.ndarray:
         """Percentage of validation normals scoring strictly below each value (0-100)."""

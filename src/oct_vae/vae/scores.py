@@ -22,7 +22,8 @@ and the scores that go beyond it (issue "Beyond the paper"):
 Two trivial baselines are scored as well, so every table says whether the data has a
 shortcut: mean intensity, and L2 distance to the mean training-normal image.
 
-This module imports only numpy and torch (scikit-image for SSIM, imported on use).
+This module imports only numpy and torch (scikit-image for SSIM, imported on use), and
+``oct_vae.progress`` (the standard library).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from oct_vae.progress import track
 from oct_vae.vae.config import EXTRA_SCORES, ScoreConfig
 from oct_vae.vae.losses import kl_divergence, reconstruction_nll
 from oct_vae.vae.model import VAE, reparameterize
@@ -207,22 +209,40 @@ def mahalanobis(mu: np.ndarray, fit: LatentGaussian) -> np.ndarray:
     return np.sqrt(np.clip(d2, 0.0, None))
 
 
-def mean_intensity(images: np.ndarray) -> np.ndarray:
-    """Baseline: mean grey level of each uint8 image, in [0, 1]."""
-    return images.reshape(images.shape[0], -1).astype(np.float64).mean(axis=1) / 255.0
+# Images converted to float64 at a time by the baselines: their memory stays that of a chunk
+# (256 x 128 x 128 x 8 bytes = 32 MiB), whatever the number of images.
+CHUNK = 256
 
 
-def distance_to_mean_normal(images: np.ndarray, mean_normal: np.ndarray) -> np.ndarray:
-    """Baseline: L2 distance of each image to the mean training-normal image (both in [0, 1])."""
-    flat = images.reshape(images.shape[0], -1).astype(np.float64) / 255.0
-    return np.linalg.norm(flat - mean_normal.reshape(1, -1), axis=1)
+def mean_intensity(images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """Baseline: mean grey level of each uint8 image, in [0, 1] (row by row, in chunks)."""
+    out = np.empty(images.shape[0], dtype=np.float64)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk]
+        out[start : start + len(part)] = part.reshape(len(part), -1).astype(np.float64).mean(
+            axis=1) / 255.0
+    return out
 
 
-def mean_image(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Mean of uint8 images (N, H, W) in [0, 1], in chunks (works on memory-mapped arrays)."""
+def distance_to_mean_normal(images: np.ndarray, mean_normal: np.ndarray,
+                            chunk: int = CHUNK) -> np.ndarray:
+    """Baseline: L2 distance of each image to the mean training-normal image (both in [0, 1]),
+    row by row, in chunks."""
+    out = np.empty(images.shape[0], dtype=np.float64)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk]
+        flat = part.reshape(len(part), -1).astype(np.float64) / 255.0
+        out[start : start + len(part)] = np.linalg.norm(flat - mean_normal.reshape(1, -1), axis=1)
+    return out
+
+
+def mean_image(images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """Mean of uint8 images (N, H, W) in [0, 1], accumulated in float64 over chunks (works on
+    memory-mapped arrays). The sums are of integers, exact in float64: the same mean
+    whatever the chunk."""
     total = np.zeros(images.shape[1:], dtype=np.float64)
     for start in range(0, images.shape[0], chunk):
-        total += images[start : start + chunk].astype(np.float64).sum(axis=0)
+        total += images[start : start + chunk].sum(axis=0, dtype=np.float64)
     return total / (255.0 * max(images.shape[0], 1))
 
 
@@ -233,8 +253,9 @@ def score_images(
     device: torch.device,
     mean_normal: np.ndarray | None = None,
     latent_fit: LatentGaussian | None = None,
+    what: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every score of every image, batched on ``device``.
+    """Every score of every image, batched on ``device``; uint8 until a batch is taken.
 
     Args:
         model: Trained VAE (moved to ``device``, eval mode).
@@ -243,6 +264,7 @@ def score_images(
         device: Where to run the model.
         mean_normal: Mean training-normal image for the distance baseline (skipped if None).
         latent_fit: Latent Gaussian for the Mahalanobis score (skipped if None).
+        what: The stage, for its progress lines (``oct_vae.progress``); None: silent.
 
     Returns:
         A dict of (N,) float arrays keyed by score name.
@@ -251,9 +273,11 @@ def score_images(
     cols: dict[str, list[np.ndarray]] = {
         k: [] for k in ("reconstruction", "kl", "vae", *EXTRA_SCORES)
     }
-    for x in iter_batches(images, config.batch_size, device):
-        for name, values in _batch_scores(model, x, config, latent_fit).items():
-            cols[name].append(values)
+    with track(what, images.shape[0]) as progress:
+        for x in iter_batches(images, config.batch_size, device):
+            for name, values in _batch_scores(model, x, config, latent_fit).items():
+                cols[name].append(values)
+            progress.update(x.shape[0])
     out = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in cols.items()}
     out["baseline_mean_intensity"] = mean_intensity(images)
     if mean_normal is not None:

@@ -43,7 +43,7 @@ def score_test_set(
     )
     check_model_matches_split(vae_model, oct_manifest, test_images)
     detector = AnomalyDetector(vae_model, resolve_device(device))
-    scores = detector.score(np.asarray(test_images))
+    scores = detector.score(np.asarray(test_images), what="score test scans")
     out = rows[list(ID_COLUMNS)].copy()
     out["patient_id"] = out["patient_id"].astype(str)
     for name, values in scores.items():

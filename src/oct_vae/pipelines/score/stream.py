@@ -21,6 +21,7 @@ import torch
 
 from oct_vae.data import imaging
 from oct_vae.pipelines.score.heatmaps import HeatmapSpool
+from oct_vae.progress import Progress
 from oct_vae.serving import scoring as serving
 from oct_vae.vae.detector import AnomalyDetector
 from oct_vae.vae.scores import reconstruct
@@ -45,10 +46,12 @@ def score_stream(
                 paths, detector.image_size, max_pixels, workers,
                 batch_size=detector.score_config.batch_size,
             )
-            for start, results, pixels in batches:
-                decoded = serving.Decoded(pixels, [r.reason or None for r in results])
-                _score_batch(cols, detector, decoded, flag_score, specificity, spool,
-                             names[start:], run)
+            with Progress("score files", len(paths), "files") as progress:
+                for start, results, pixels in batches:
+                    decoded = serving.Decoded(pixels, [r.reason or None for r in results])
+                    _score_batch(cols, detector, decoded, flag_score, specificity, spool,
+                                 names[start:], run)
+                    progress.update(len(results))
             drawn = spool.close() if spool is not None else {}
         except BaseException:
             if spool is not None:
