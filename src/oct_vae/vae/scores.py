@@ -210,8 +210,8 @@ def mahalanobis(mu: np.ndarray, fit: LatentGaussian) -> np.ndarray:
 
 
 # Images converted to float64 at a time by the baselines: their memory stays that of a chunk
-# (256 x 128 x 128 x 8 bytes = 32 MiB), whatever the number of images.
-CHUNK = 256
+# (64 x 128 x 128 x 8 bytes = 8 MiB, a scoring batch), whatever the number of images.
+CHUNK = 64
 
 
 def mean_intensity(images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
