@@ -45,6 +45,8 @@ def render_transfer_markdown(
     column beside the test split's, and which score ranks first on each."""
     counts = ", ".join(f"{n} {label}" for label, n in real["label"].value_counts().items())
     n_bad = len(real_scan_scores) - len(real)
+    not_scored = (f"{n_bad} file(s) were not scored; `real_scan_scores` lists each with the "
+                  "reason." if n_bad else "Every file that may be a scan was scored.")
     parts = [
         "",
         "## Transfer to real scans",
@@ -53,7 +55,7 @@ def render_transfer_markdown(
         "from the `real_scans` folder, scored by this model as they are. They are never used "
         "for training, thresholds or any choice: the thresholds are the validation normals' "
         "(above). 95% CIs resample patients; with this few patients they are wide. "
-        f"{n_bad} file(s) were not scored; `real_scan_scores` lists each with the reason.",
+        + not_scored,
     ]
     parts += _level_tables(real_report, "### {}-level AUC on real scans")
     parts += _all_column_section(_all_rows(test_report), _all_rows(real_report))

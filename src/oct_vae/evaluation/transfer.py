@@ -71,7 +71,7 @@ def decode_real_scans(
     scans, rejected = kermany.index_scans(keys)
     pixels, results = imaging.decode_scans(
         [files[s.path] for s in scans], size=size, max_pixels=max_pixels, workers=workers,
-        progress=False,
+        progress="decode real scans",
     )
     rows: list[dict[str, Any]] = [
         {"path": path, "label": "", "patient_id": "", ERROR_COLUMN: reason}
