@@ -512,7 +512,7 @@ def test_the_config_defaults_are_the_schemas():
     assert set(schema) == set(P.TRAIN_KEYS)
     # Not the same thing: train.checkpoint_dir holds every run's folder (the train node
     # makes one per run); TrainConfig.checkpoint_dir is one run's, None = no checkpoint.
-    assert schema.pop("checkpoint_dir") == "data/06_models/checkpoints"
+    assert schema.pop("checkpoint_dir") == "data/base/06_models/checkpoints"
     assert train["checkpoint_dir"] is None
     assert {k: train[k] for k in schema} == schema
     scoring = _defaults(P.ScoringParams)
@@ -540,7 +540,7 @@ def test_the_schema_defaults_build_the_default_configs():
     settings = P.TrainSettings()  # validate_default: every default passes its own check
     assert settings.vae_config(128) == VAEConfig()
     assert settings.train_config(0, "cpu") == TrainConfig(
-        seed=0, device="cpu", checkpoint_dir="data/06_models/checkpoints")
+        seed=0, device="cpu", checkpoint_dir="data/base/06_models/checkpoints")
     scoring = P.ScoringParams().score_config(settings.likelihood, settings.gaussian_sigma, 0)
     assert scoring == ScoreConfig()
 

@@ -45,5 +45,5 @@ def test_checkpoints_go_to_the_project_data_folder_from_any_subfolder(monkeypatc
         assert not Path(params["checkpoint_dir"]).is_absolute(), env
         run = {"run_id": "2026-01-01T00.00.00.000Z", "project_root": str(tmp_path)}
         folder, resume = checkpoint_folders(params, run)
-        assert Path(folder).parent.parent == tmp_path / "data" / "06_models", env
+        assert Path(folder).parent.parent == tmp_path / "data" / env / "06_models", env
         assert Path(folder).name == run["run_id"] and resume is False

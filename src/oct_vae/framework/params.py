@@ -113,7 +113,7 @@ class OptimiserParams(Section):
     channels_last: Literal[SWITCHES] = "auto"
     cuda_graph: Literal[SWITCHES] = "auto"
     val_batch_size: PositiveInt = 256
-    checkpoint_dir: Folder | None = "data/06_models/checkpoints"
+    checkpoint_dir: Folder | None = "data/base/06_models/checkpoints"
     checkpoint_every: PositiveInt = 1
     resume: Annotated[
         StrictBool | Text,
