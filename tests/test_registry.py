@@ -203,3 +203,21 @@ def test_promote_gives_up_with_a_clear_error_when_the_alias_never_settles(client
     with pytest.raises(RuntimeError, match="did not settle after 3 attempts.*--pipeline promote"):
         registry.promote(Refusing(client, None), "base", attempts=3)
     assert registry.current_champion(client) is None
+
+
+def test_a_champion_of_another_environment_is_replaced_by_the_first_of_this_one(client):
+    """One store shared by several environments (the team server): each run's first
+    evaluated version of its environment takes the alias from another environment's
+    champion; a champion of the run's own environment stays."""
+    assert registry.champion_env(client) is None and registry.promote_first(client, "tiny")
+    tiny = _add_version(client, 0.99, SPLIT_B, env="tiny")
+    assert registry.promote_first(client, "tiny").version == tiny
+    assert registry.champion_env(client) == "tiny"
+    base = _add_version(client, 0.60)  # worse, but of another environment: not compared
+    decision = registry.promote_first(client, "base")
+    assert (decision.version, decision.previous, decision.compared) == (base, tiny, (base,))
+    assert registry.champion_env(client) == "base"
+    _add_version(client, 0.999, SPLIT_B, env="tiny")  # a better tiny one never steals it
+    assert registry.promote_first(client, "base") is None
+    assert registry.promote(client, "base").version == base
+    assert registry.current_champion(client) == base

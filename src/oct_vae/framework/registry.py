@@ -208,6 +208,20 @@ def current_champion(client: Any, name: str = MODEL_NAME) -> int | None:
         raise
 
 
+def champion_env(client: Any, name: str = MODEL_NAME) -> str | None:
+    """The ``kedro_env`` of the version holding the alias (``base`` when the version has
+    no such tag), or ``None`` when there is no champion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException as exc:  # no such model, or no such alias
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return (version.tags or {}).get(TAG_ENV) or DEFAULT_ENV
+
+
 def list_candidates(client: Any, name: str = MODEL_NAME) -> list[Candidate]:
     """Every version of ``name`` with its tags."""
     versions = client.search_model_versions(f"name = '{name}'")
@@ -252,6 +266,15 @@ def promote(client: Any, env: str | None, name: str = MODEL_NAME, attempts: int 
         f"{name}: the {ALIAS} alias did not settle after {attempts} attempts (other runs "
         "promoting at the same time?); run `kedro run --pipeline promote` again"
     ) from error
+
+
+def promote_first(client: Any, env: str | None, name: str = MODEL_NAME) -> Decision | None:
+    """:func:`promote` when no version of ``env`` holds the alias: there is no champion, or
+    it belongs to another Kedro environment (one tracking server shared by several). A
+    champion of ``env`` stays: only ``kedro run --pipeline promote`` moves it (``None``)."""
+    if champion_env(client, name) == (env or DEFAULT_ENV):
+        return None
+    return promote(client, env, name)
 
 
 def versions_of_run(client: Any, run_id: str, name: str = MODEL_NAME) -> list[int]:

@@ -8,12 +8,14 @@ kedro-mlflow's, finds the version(s) registered from the run's MLflow run, and t
 with the run's evaluation (the ``All`` AUC of ``score.flag_score``, read back from the
 run's metrics), the test split's fingerprint, the Kedro environment and the training
 data's fingerprint. When the run evaluated its model and the registered model has no
-``champion`` yet, it applies the promotion rule (``registry.promote``), so after the
-first ``make run`` ``models:/oct_vae_scorer@champion`` resolves. Later runs never move the
-alias: ``kedro run --pipeline promote`` does.
+``champion`` of this run's environment yet (none at all, or one tagged with another
+``kedro_env``: a tracking server shared by several environments), it applies the
+promotion rule (``registry.promote``), so after the first ``make run``
+``models:/oct_vae_scorer@champion`` resolves. Later runs never move the alias away from a
+version of their own environment: ``kedro run --pipeline promote`` does.
 
-It also hands the promotion node the Kedro environment (the ``kedro_env`` memory
-dataset). Register it in ``settings.HOOKS``.
+It also tags the MLflow run with ``kedro_env`` and hands the promotion node the Kedro
+environment (the ``kedro_env`` memory dataset). Register it in ``settings.HOOKS``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class ModelRegistryHook:
             catalog[KEDRO_ENV] = env
         run = mlflow.active_run()
         self._mlflow_run_id = None if run is None else run.info.run_id
+        if run is not None:
+            mlflow.set_tag(registry.TAG_ENV, env)
         self._tracking_uri = mlflow.get_tracking_uri()
         self._registry_uri = mlflow.get_registry_uri()
 
@@ -74,8 +78,8 @@ class ModelRegistryHook:
             ", ".join(map(str, versions)),
             ", ".join(f"{k}={v}" for k, v in tags.items()),
         )
-        if evaluated and registry.TAG_AUC in tags and registry.current_champion(client) is None:
-            registry.promote(client, env)
+        if evaluated and registry.TAG_AUC in tags:
+            registry.promote_first(client, env)
 
     @hook_impl
     def on_pipeline_error(self) -> None:
