@@ -15,7 +15,7 @@
    ``--width``: the paper's 40 epochs at width 64 take most of a day on a 2-core CPU).
 4. While it runs, samples every 0.5 s the memory of the run's process tree (the Kedro
    process and its decoding workers; PSS, and the sum of RSS) and the size of the
-   project's data folder; reads each node's start and end from the run's log (``Running
+   project's data folder (data/kermany/); reads each node's start and end from the run's log (``Running
    node`` / ``Completed node``) and every stage's rate from its last progress line.
 5. Reports per stage (ingest, train, calibrate, score, report, finish): wall time, peak
    RSS, disk written; the rates; the MLflow run (status, AUC) and the registry (version,
@@ -67,6 +67,8 @@ PAPER_RATES = {
 PAPER_EPOCHS, PAPER_TRAIN = 40, 25_236
 TINY_OVERRIDES = "ingest.test_normals=6,ingest.test_per_disease=3,evaluate.n_bootstrap=20"
 SENTINEL = ".oct-vae-rehearsal"
+# Where `kedro run --env kermany` writes (data_root in conf/kermany/globals.yml).
+DATA_ROOT = Path("data") / "kermany"
 
 
 @dataclass
@@ -208,7 +210,7 @@ def run_protocol(tree: Path, protocol: str, args: argparse.Namespace) -> dict:
     with open(args.out / f"rehearsal-{protocol}.log", "w") as log_file:
         proc = subprocess.Popen(cmd, cwd=args.workdir, env=env, stdout=log_file,
                                 stderr=subprocess.STDOUT, text=True)
-        sampler = Sampler(proc.pid, args.workdir / "data")
+        sampler = Sampler(proc.pid, args.workdir / DATA_ROOT)
         sampler.start()
         proc.wait()
         sampler.stop()
@@ -217,7 +219,7 @@ def run_protocol(tree: Path, protocol: str, args: argparse.Namespace) -> dict:
     return {"protocol": protocol, "returncode": proc.returncode, "wall_s": round(wall, 1),
             "peak_pss_mb": round(max((x[1] for x in sampler.samples), default=0) / 2**20),
             "peak_rss_sum_mb": round(max((x[3] for x in sampler.samples), default=0) / 2**20),
-            "disk_written_mb": round(folder_bytes(args.workdir / "data") / 2**20, 1),
+            "disk_written_mb": round(folder_bytes(args.workdir / DATA_ROOT) / 2**20, 1),
             "stages": stage_table(node_windows(log, day), sampler.samples, time.time()),
             "rates": rates(log), "mlflow": mlflow_outcome(args.workdir, log)}
 

@@ -146,14 +146,29 @@ def tiny_project(dest: Path) -> Path:
     return dest
 
 
-def latest_run(url: str) -> dict:
-    """The newest finished run of experiment ``oct-vae`` that has AUC metrics."""
+def experiment_of(project: Path, env: str) -> str:
+    """The MLflow experiment of Kedro environment ``env`` (``oct-vae`` for base,
+    ``oct-vae-tiny`` for tiny: conf/<env>/globals.yml), from the project's mlflow.yml."""
+    from kedro.config import OmegaConfigLoader
+
+    from oct_vae.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(
+        str(project / "conf"), env=env, config_patterns={"mlflow": ["mlflow*"]},
+        **CONFIG_LOADER_ARGS,
+    )
+    return loader["mlflow"]["tracking"]["experiment"]["name"]
+
+
+def latest_run(url: str, experiment: str) -> dict:
+    """The newest finished run of ``experiment`` that has AUC metrics."""
     api = f"{url}/api/2.0/mlflow"
     answer = requests.get(
-        f"{api}/experiments/get-by-name", params={"experiment_name": "oct-vae"}, timeout=30
+        f"{api}/experiments/get-by-name", params={"experiment_name": experiment}, timeout=30
     )
     if answer.status_code != 200:
-        sys.exit("no experiment 'oct-vae' in this project's mlflow.db: run `kedro run` first")
+        sys.exit(f"no experiment '{experiment}' in this environment's MLflow store: "
+                 "run `kedro run` first")
     search = {
         "experiment_ids": [answer.json()["experiment"]["experiment_id"]],
         "filter": "attributes.status = 'FINISHED' and metrics.auc_reconstruction_all >= 0",
@@ -276,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             server(ui_cmd, project, f"{mlflow_url}/health", tmp / "mlflow.log"),
             sync_playwright() as playwright,
         ):
-            run = latest_run(mlflow_url)
+            run = latest_run(mlflow_url, experiment_of(project, env))
             browser = playwright.chromium.launch(
                 executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS
             )

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in args.seeds:
             project = workdir / f"seed-{seed}"
-            if (project / "data" / "08_reporting" / "auc_table.csv").exists():
+            if (project / "data" / "base" / "08_reporting" / "auc_table.csv").exists():
                 print(f"scoring the finished run in {project}", flush=True)
                 seconds[seed] = None
             else:

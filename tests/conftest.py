@@ -73,10 +73,15 @@ def real_scans_root() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _repository_untouched():
-    """Tests write only to temporary folders: the repository's own MLflow store must not
-    be created or modified by the suite."""
-    store = Path(__file__).resolve().parents[1] / "mlflow.db"
-    before = store.stat().st_mtime_ns if store.exists() else None
+    """Tests write only to temporary folders: the repository's own MLflow stores (one per
+    Kedro environment: mlflow.db, mlflow-tiny.db, ...) must not be created or modified by
+    the suite."""
+    root = Path(__file__).resolve().parents[1]
+
+    def stores() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in root.glob("mlflow*.db")}
+
+    before = stores()
     yield
-    after = store.stat().st_mtime_ns if store.exists() else None
-    assert after == before, f"the test suite wrote to {store}"
+    after = stores()
+    assert after == before, f"the test suite wrote to the MLflow stores in {root}"

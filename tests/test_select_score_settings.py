@@ -15,7 +15,7 @@ def test_dev_project_draws_another_phantom_and_split(tmp_path: Path):
     # the project's resolvers (${pins:}, ${project_root:}), as a Kedro session registers them
     conf = OmegaConfigLoader(str(project / "conf"), **CONFIG_LOADER_ARGS)
     assert conf["catalog"]["raw_scans"]["phantom"]["seed"] == 7
-    assert conf["catalog"]["raw_scans"]["path"] == "data/01_raw/phantom"  # inside the copy
+    assert conf["catalog"]["raw_scans"]["path"] == "data/base/01_raw/phantom"  # inside the copy
     assert conf["parameters"]["seed"] == 7
     base = OmegaConfigLoader(str(Path("conf")), **{**CONFIG_LOADER_ARGS, "default_run_env": "base"})
     assert base["catalog"]["raw_scans"]["phantom"]["seed"] == BASE_PHANTOM_SEED

@@ -20,7 +20,7 @@ class TinyProject:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.path / 'mlflow.db'}"
+        return f"sqlite:///{self.path / 'mlflow-tiny.db'}"
 
 
 def run_session(project: Path, env: str = "tiny", **kwargs):

@@ -77,12 +77,12 @@ def _wait_exit(proc: subprocess.Popen, log: Path, timeout: float) -> int:
 
 
 def _client(project: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow-tiny.db'}")
 
 
 def _runs(project: Path, status: str | None = None):
     client = _client(project)
-    exp = client.get_experiment_by_name("oct-vae")
+    exp = client.get_experiment_by_name("oct-vae-tiny")
     if exp is None:
         return []
     runs = client.search_runs([exp.experiment_id])
@@ -117,7 +117,7 @@ def test_two_concurrent_runs_each_score_with_their_own_model(tmp_path):
         logged = pd.read_csv(
             client.download_artifacts(rid, "evaluation/test_scores.csv", str(tmp_path / rid))
         )
-        test = np.load(project / f"data/05_model_input/test_images.npy/{kedro_run}/test_images.npy")
+        test = np.load(project / f"data/tiny/05_model_input/test_images.npy/{kedro_run}/test_images.npy")
         own = AnomalyDetector(ckpt, "cpu").score(test)
         np.testing.assert_allclose(logged["reconstruction"], own["reconstruction"], rtol=1e-6)
         np.testing.assert_allclose(logged["kl"], own["kl"], rtol=1e-6)
@@ -130,7 +130,7 @@ def test_two_concurrent_runs_each_score_with_their_own_model(tmp_path):
             assert torch.equal(v, packed["state_dict"][k]), k
     assert not np.allclose(recon["0.001"], recon["0.003"])
     assert "did not match load version" not in (tmp_path / "a.log").read_text()
-    assert not glob.glob(str(project / "data/06_models/scorer_checkpoint.pt/*/.*.tmp"))
+    assert not glob.glob(str(project / "data/tiny/06_models/scorer_checkpoint.pt/*/.*.tmp"))
 
 
 def _scorer_file(artifact_location: str) -> str:
@@ -145,19 +145,19 @@ def test_an_ingest_killed_mid_save_is_refused_by_evaluate(tiny_project, tmp_path
         fail="kill:train_images.npy",
     )
     assert ingest.wait(timeout=200) == -signal.SIGKILL, (tmp_path / "ingest.log").read_text()
-    manifests = sorted(glob.glob(str(project / "data/03_primary/oct_manifest.csv/*")))
-    arrays = sorted(glob.glob(str(project / "data/05_model_input/test_images.npy/*")))
+    manifests = sorted(glob.glob(str(project / "data/tiny/03_primary/oct_manifest.csv/*")))
+    arrays = sorted(glob.glob(str(project / "data/tiny/05_model_input/test_images.npy/*")))
     assert Path(manifests[-1]).name > Path(arrays[-1]).name  # a new manifest, old arrays
-    assert glob.glob(str(project / "data/05_model_input/train_images.npy/*/.*.tmp"))
+    assert glob.glob(str(project / "data/tiny/05_model_input/train_images.npy/*/.*.tmp"))
 
     evaluate = _kedro(project, "--pipeline", "evaluate", log=tmp_path / "evaluate.log")
     assert evaluate.wait(timeout=200) != 0
     log = (tmp_path / "evaluate.log").read_text()
     assert "LineageError" in log and "kedro run --pipeline ingest" in log, log[-3000:]
     # the dead writer's temporary file was swept when the run started
-    assert not glob.glob(str(project / "data/05_model_input/train_images.npy/*/.*.tmp"))
-    assert not glob.glob(str(project / "data/08_reporting/auc_table.csv/*/auc_table.csv"))[
-        len(glob.glob(str(tiny_project.path / "data/08_reporting/auc_table.csv/*"))):
+    assert not glob.glob(str(project / "data/tiny/05_model_input/train_images.npy/*/.*.tmp"))
+    assert not glob.glob(str(project / "data/tiny/08_reporting/auc_table.csv/*/auc_table.csv"))[
+        len(glob.glob(str(tiny_project.path / "data/tiny/08_reporting/auc_table.csv/*"))):
     ]  # no new results
 
 
@@ -201,7 +201,7 @@ def test_interrupted_runs_end_killed_never_running(tiny_project, tmp_path):
 
 def test_mlflow_records_no_absolute_path_and_no_os_user(tiny_project, tmp_path):
     scans = tmp_path / "clinic_patient_4711"  # a folder name that must not reach MLflow
-    shutil.copytree(tiny_project.path / "data/01_raw/phantom_tiny/test/CNV", scans)
+    shutil.copytree(tiny_project.path / "data/tiny/01_raw/phantom_tiny/test/CNV", scans)
     run_session(tiny_project.path, pipeline_names=["score"],
                 runtime_params={"score": {"input_dir": str(scans)}})
     client = _client(tiny_project.path)

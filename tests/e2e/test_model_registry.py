@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def _client(project: Path) -> mlflow.MlflowClient:
-    uri = f"sqlite:///{project / 'mlflow.db'}"
+    uri = f"sqlite:///{project / 'mlflow-tiny.db'}"
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -46,9 +46,9 @@ def test_a_training_run_tags_its_version_and_names_the_first_champion(registered
     flag = base_flag_score()
     metric = metric_key("auc", flag, "All")
     checkpoint = torch.load(
-        _only("data/06_models/vae_model.pt/*/vae_model.pt", registered), weights_only=True
+        _only("data/tiny/06_models/vae_model.pt/*/vae_model.pt", registered), weights_only=True
     )
-    manifest = pd.read_csv(_only("data/03_primary/oct_manifest.csv/*/oct_manifest.csv", registered))
+    manifest = pd.read_csv(_only("data/tiny/03_primary/oct_manifest.csv/*/oct_manifest.csv", registered))
     assert version.tags == {
         registry.TAG_RUN: run.data.tags["run_id"],
         registry.TAG_ENV: "tiny",
@@ -71,7 +71,7 @@ def _add_version(client, like, auc: float, env: str = "tiny") -> int:
 
 def _promotions(client) -> list[dict[str, str]]:
     """The ``promote.*`` tags of the promote runs, oldest first."""
-    experiment = client.get_experiment_by_name("oct-vae")
+    experiment = client.get_experiment_by_name("oct-vae-tiny")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
     return [
         {k: v for k, v in r.data.tags.items() if k.startswith("promote.")}
@@ -82,7 +82,7 @@ def _promotions(client) -> list[dict[str, str]]:
 
 def test_promote_moves_the_champion_to_the_best_version_once(registered, tmp_path):
     project = copy_project(tmp_path / "project")  # its own copy of the store
-    shutil.copy(registered / "mlflow.db", project / "mlflow.db")
+    shutil.copy(registered / "mlflow-tiny.db", project / "mlflow-tiny.db")
     client = _client(project)
     (first,) = client.search_model_versions(f"name = '{registry.MODEL_NAME}'")
     auc = float(first.tags[registry.TAG_AUC])

@@ -64,7 +64,7 @@ def scan_folder(tiny_project, tmp_path_factory) -> Path:
     if KERMANY_SAMPLE.is_dir():
         picks = [sorted((KERMANY_SAMPLE / c).glob("*.jpeg"))[0] for c in ("CNV", "NORMAL")]
     else:
-        picks = sorted((tiny_project.path / "data/01_raw/phantom_tiny").rglob("*.jpeg"))[:2]
+        picks = sorted((tiny_project.path / "data/tiny/01_raw/phantom_tiny").rglob("*.jpeg"))[:2]
     (folder / "clinic").mkdir()
     for pick in picks:
         shutil.copy(pick, folder / "clinic" / pick.name)
@@ -82,7 +82,7 @@ def score_results(tiny_project, scan_folder) -> pd.DataFrame:
         runtime_params={"score": {"input_dir": str(scan_folder)}},
     )
     versions = sorted(
-        glob.glob(str(tiny_project.path / "data/07_model_output/score_results.csv/*"))
+        glob.glob(str(tiny_project.path / "data/tiny/07_model_output/score_results.csv/*"))
     )
     assert versions, "score_results was not saved as a versioned dataset"
     return pd.read_csv(f"{versions[-1]}/score_results.csv")
@@ -90,7 +90,7 @@ def score_results(tiny_project, scan_folder) -> pd.DataFrame:
 
 def _latest_scorer(tiny_project):
     client = MlflowClient(tracking_uri=tiny_project.tracking_uri)
-    exp = client.get_experiment_by_name("oct-vae")
+    exp = client.get_experiment_by_name("oct-vae-tiny")
     models = [m for m in client.search_logged_models([exp.experiment_id]) if m.name == MODEL_NAME]
     assert models, f"no run logged the {MODEL_NAME} model"
     return client, max(models, key=lambda m: m.creation_timestamp)
@@ -145,10 +145,10 @@ def test_score_pipeline_in_a_session_writes_versioned_results_and_heatmaps(
     assert np.isfinite(good[SCORES].to_numpy()).all()
     for key in good["heatmap"]:
         assert key.endswith(".png") and "/clinic/" in key
-        with Image.open(tiny_project.path / "data/08_reporting/score_heatmaps" / key) as png:
+        with Image.open(tiny_project.path / "data/tiny/08_reporting/score_heatmaps" / key) as png:
             assert png.size == (990, 352)
     client = MlflowClient(tracking_uri=tiny_project.tracking_uri)
-    exp = client.get_experiment_by_name("oct-vae")
+    exp = client.get_experiment_by_name("oct-vae-tiny")
     run = client.search_runs(
         [exp.experiment_id], "attributes.run_name = 'score'", order_by=["start_time DESC"]
     )[0]

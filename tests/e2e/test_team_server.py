@@ -209,8 +209,8 @@ def test_two_concurrent_team_runs_are_tracked_through_the_server(team_server, tw
         # Each run's files, listed and downloaded through the server's proxy, are exactly
         # what its own clone saved.
         for folder, name, local in (
-            ("evaluation", "test_scores.csv", "data/07_model_output/test_scores.csv"),
-            ("checkpoint", "vae_model.pt", "data/06_models/vae_model.pt"),
+            ("evaluation", "test_scores.csv", "data/tiny/07_model_output/test_scores.csv"),
+            ("checkpoint", "vae_model.pt", "data/tiny/06_models/vae_model.pt"),
         ):
             listed = team_server.api(
                 "GET", "artifacts/list", params={"run_id": run_id, "path": folder}
@@ -224,7 +224,7 @@ def test_two_concurrent_team_runs_are_tracked_through_the_server(team_server, tw
             assert download.status_code == 200
             assert download.content == (project / local / kedro_run_id / name).read_bytes()
         # Nothing was tracked locally: the clones have no store of their own.
-        assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists()
+        assert not list(project.glob("mlflow*.db")) and not (project / "mlruns").exists()
 
     models = team_server.api(
         "POST", "logged-models/search", json={"experiment_ids": [experiment["experiment_id"]]}
@@ -279,7 +279,7 @@ def _assert_champion_scores_a_scan(tracking_uri: str, project: Path, tmp_path: P
     """``mlflow.pyfunc.load_model("models:/oct_vae_scorer@champion")`` in a fresh process
     (MLflow resolves an alias with its global registry URI, and setting that here would
     leak into later tests through the environment), then one scan scored."""
-    scan = sorted((project / "data/01_raw").rglob("*.jpeg"))[0]
+    scan = sorted((project / "data/tiny/01_raw").rglob("*.jpeg"))[0]
     result = subprocess.run(
         [sys.executable, "-c", SCORE_CHAMPION, str(scan)],
         cwd=tmp_path,  # a relative default store would land here, not in the repository

@@ -27,8 +27,8 @@ def _latest(project, pattern):
 
 def _run(project):
     client = MlflowClient(tracking_uri=project.tracking_uri)
-    exp = client.get_experiment_by_name("oct-vae")
-    assert exp is not None, "the experiment is named after the project"
+    exp = client.get_experiment_by_name("oct-vae-tiny")
+    assert exp is not None, "the experiment is named after the environment (conf/tiny/globals.yml)"
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     assert runs
     return client, runs[-1]  # the first run: the full `kedro run`
@@ -39,6 +39,7 @@ def test_mlflow_run_has_params_loss_history_metrics_and_model(tiny_project):
     params = run.data.params
     assert params["train.width"] == "4" and params["train.latent_dim"] == "300"
     assert params["train.lr"] == "0.0001" and params["seed"] == "2024"
+    assert run.data.tags["kedro_env"] == "tiny"
     history = client.get_metric_history(run.info.run_id, "val_total")
     assert [m.step for m in history] == [1, 2]
     assert all(np.isfinite(m.value) for m in history)
@@ -82,12 +83,12 @@ def test_vae_model_loads_from_the_catalog_and_auc_table_is_complete(tiny_project
     from oct_vae.datasets import TorchCheckpointDataset
 
     ckpt = TorchCheckpointDataset(
-        str(tiny_project.path / "data/06_models/vae_model.pt"), version=Version(None, None)
+        str(tiny_project.path / "data/tiny/06_models/vae_model.pt"), version=Version(None, None)
     ).load()
     assert ckpt["model_config"]["latent_dim"] == 300
     assert {"state_dict", "calibration", "latent_fit", "mean_normal"} <= set(ckpt)
 
-    table = pd.read_csv(_latest(tiny_project, "data/08_reporting/auc_table.csv/*/auc_table.csv"))
+    table = pd.read_csv(_latest(tiny_project, "data/tiny/08_reporting/auc_table.csv/*/auc_table.csv"))
     assert list(table.columns) == ["score", "CNV", "DME", "Drusen", "All"]
     rows = table["score"].tolist()
     assert rows[:5] == [
@@ -98,7 +99,7 @@ def test_vae_model_loads_from_the_catalog_and_auc_table_is_complete(tiny_project
         "Baseline: distance to mean normal",
     ]
     scores = pd.read_csv(
-        _latest(tiny_project, "data/07_model_output/test_scores.csv/*/test_scores.csv")
+        _latest(tiny_project, "data/tiny/07_model_output/test_scores.csv/*/test_scores.csv")
     )
     # the table is scikit-learn's AUC of the saved scores
     from sklearn.metrics import roc_auc_score
@@ -107,13 +108,13 @@ def test_vae_model_loads_from_the_catalog_and_auc_table_is_complete(tiny_project
     expected = roc_auc_score(scores.loc[keep, "label"] == "DME", scores.loc[keep, "reconstruction"])
     assert table.set_index("score").loc["Reconstruction", "DME"] == pytest.approx(expected)
     for fig in ("reconstruction_grid", "roc_curves", "score_distributions"):
-        assert _latest(tiny_project, f"data/08_reporting/{fig}.png/*/{fig}.png")
+        assert _latest(tiny_project, f"data/tiny/08_reporting/{fig}.png/*/{fig}.png")
 
 
 def test_evaluate_reruns_on_its_own_with_the_latest_model(tiny_project):
-    before = sorted(glob.glob(str(tiny_project.path / "data/08_reporting/auc_table.csv/*")))
+    before = sorted(glob.glob(str(tiny_project.path / "data/tiny/08_reporting/auc_table.csv/*")))
     run_session(tiny_project.path, pipeline_names=["evaluate"])
-    after = sorted(glob.glob(str(tiny_project.path / "data/08_reporting/auc_table.csv/*")))
+    after = sorted(glob.glob(str(tiny_project.path / "data/tiny/08_reporting/auc_table.csv/*")))
     assert len(after) == len(before) + 1
     old = pd.read_csv(f"{before[-1]}/auc_table.csv")
     new = pd.read_csv(f"{after[-1]}/auc_table.csv")
@@ -156,8 +157,8 @@ def test_a_run_beside_a_cpu_heavy_process_gives_the_same_auc_table(tiny_project,
     finally:
         burner.kill()
         burner.wait()
-    first = sorted(glob.glob(str(tiny_project.path / "data/08_reporting/auc_table.csv/*")))[0]
+    first = sorted(glob.glob(str(tiny_project.path / "data/tiny/08_reporting/auc_table.csv/*")))[0]
     quiet = pd.read_csv(f"{first}/auc_table.csv").set_index("score")
-    (table,) = glob.glob(str(project / "data/08_reporting/auc_table.csv/*/auc_table.csv"))
+    (table,) = glob.glob(str(project / "data/tiny/08_reporting/auc_table.csv/*/auc_table.csv"))
     loaded = pd.read_csv(table)
     pd.testing.assert_frame_equal(quiet.round(3), loaded.set_index("score").round(3))

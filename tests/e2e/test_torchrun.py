@@ -18,9 +18,9 @@ from tests.helpers.project import copy_project
 pytestmark = pytest.mark.slow
 
 OUTPUTS = (
-    "data/06_models/vae_model.pt",
-    "data/06_models/scorer_checkpoint.pt",
-    "data/07_model_output/training_history.csv",
+    "data/tiny/06_models/vae_model.pt",
+    "data/tiny/06_models/scorer_checkpoint.pt",
+    "data/tiny/07_model_output/training_history.csv",
 )
 # The same fast path on both sides (float32, no channels-last): the DDP trajectory then
 # equals one process's up to summation order. Left on `auto`, each side measures its own
@@ -33,8 +33,8 @@ def _versions(project: Path) -> dict[str, list[str]]:
 
 
 def _runs(project: Path) -> list:
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("oct-vae")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow-tiny.db'}")
+    exp = client.get_experiment_by_name("oct-vae-tiny")
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
@@ -47,7 +47,7 @@ def _run(cmd: list[str], project: Path) -> None:
 def test_torchrun_job_saves_once_logs_once_and_matches_one_process(tiny_project, tmp_path):
     project = copy_project(tmp_path / "p")
     for layer in ("01_raw", "03_primary", "05_model_input"):  # the ingested data only
-        shutil.copytree(tiny_project.path / "data" / layer, project / "data" / layer,
+        shutil.copytree(tiny_project.path / "data/tiny" / layer, project / "data/tiny" / layer,
                         dirs_exist_ok=True)
     torchrun = Path(sys.executable).with_name("torchrun")
     _run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "kedro", "run",
@@ -58,7 +58,7 @@ def test_torchrun_job_saves_once_logs_once_and_matches_one_process(tiny_project,
     (run,) = _runs(project)
     assert run.info.status == "FINISHED" and run.data.params["train.amp"] == "off"
     assert run.data.params["train.channels_last"] == "off"
-    ckpt_runs = list((project / "data/06_models/checkpoints_tiny").iterdir())
+    ckpt_runs = list((project / "data/tiny/06_models/checkpoints").iterdir())
     assert len(ckpt_runs) == 1  # rank 0 alone wrote per-epoch checkpoints
 
     _run([sys.executable, "-m", "kedro", "run", "--env", "tiny", "--pipeline", "train",

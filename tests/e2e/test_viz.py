@@ -170,7 +170,7 @@ def test_viz_previews_the_auc_table_and_the_figures(viz, tiny_project):
 
     table = _get(f"{viz}/api/nodes/{ids['auc_table']}")
     assert table["preview_type"] == "TablePreview"
-    saved = pd.read_csv(_latest(tiny_project.path, "data/08_reporting/auc_table.csv/*/*.csv"))
+    saved = pd.read_csv(_latest(tiny_project.path, "data/tiny/08_reporting/auc_table.csv/*/*.csv"))
     assert table["preview"]["columns"] == ["score", "CNV", "DME", "Drusen", "All"]
     # every row (preview_args nrows: 20 in the catalog, more than the table has)
     assert [row[0] for row in table["preview"]["data"]] == saved["score"].tolist()
@@ -179,5 +179,5 @@ def test_viz_previews_the_auc_table_and_the_figures(viz, tiny_project):
         figure = _get(f"{viz}/api/nodes/{ids[name]}")
         assert figure["preview_type"] == "ImagePreview", name
         png = base64.b64decode(figure["preview"])
-        latest = _latest(tiny_project.path, f"data/08_reporting/{name}.png/*/{name}.png")
+        latest = _latest(tiny_project.path, f"data/tiny/08_reporting/{name}.png/*/{name}.png")
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == latest.read_bytes(), name

@@ -75,7 +75,7 @@ class AtomicCSVDataset(_AtomicSave, CSVDataset):
         ```yaml
         auc_table:
           type: oct_vae.datasets.AtomicCSVDataset
-          filepath: data/08_reporting/auc_table.csv
+          filepath: data/base/08_reporting/auc_table.csv
           versioned: true
         ```
     """
@@ -100,7 +100,7 @@ class AtomicTextDataset(_AtomicSave, TextDataset):
         ```yaml
         auc_report_markdown:
           type: oct_vae.datasets.AtomicTextDataset
-          filepath: data/08_reporting/auc_report.md
+          filepath: data/base/08_reporting/auc_report.md
           versioned: true
         ```
     """
@@ -131,7 +131,7 @@ class AtomicMatplotlibDataset(_AtomicSave, MatplotlibDataset):
         ```yaml
         roc_curves:
           type: oct_vae.datasets.AtomicMatplotlibDataset
-          filepath: data/08_reporting/roc_curves.png
+          filepath: data/base/08_reporting/roc_curves.png
           versioned: true
           save_args: {dpi: 110}
         ```

@@ -18,7 +18,7 @@ class NpyDataset(LocalVersionedDataset):
         ```yaml
         train_images:
           type: oct_vae.datasets.NpyDataset
-          filepath: data/05_model_input/train_images.npy
+          filepath: data/base/05_model_input/train_images.npy
           versioned: true
           load_args: {mmap_mode: r}
         ```

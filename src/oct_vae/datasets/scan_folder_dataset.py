@@ -36,7 +36,7 @@ class ScanFolderDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         ```yaml
         raw_scans:
           type: oct_vae.datasets.ScanFolderDataset
-          path: data/01_raw/phantom
+          path: data/base/01_raw/phantom
           phantom: {n_normal_patients: 450, seed: 2024}
         ```
     """
