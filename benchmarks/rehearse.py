@@ -15,8 +15,9 @@
    ``--width``: the paper's 40 epochs at width 64 take most of a day on a 2-core CPU).
 4. While it runs, samples every 0.5 s the memory of the run's process tree (the Kedro
    process and its decoding workers; PSS, and the sum of RSS) and the size of the
-   project's data folder (data/kermany/); reads each node's start and end from the run's log (``Running
-   node`` / ``Completed node``) and every stage's rate from its last progress line.
+   project's data folder (data/kermany/); reads each node's start and end from the run's
+   log (``Running node`` / ``Completed node``) and every stage's rate from its last
+   progress line.
 5. Reports per stage (ingest, train, calibrate, score, report, finish): wall time, peak
    RSS, disk written; the rates; the MLflow run (status, AUC) and the registry (version,
    champion); and the projected time of the paper's configuration (40 epochs, width 64)

@@ -148,7 +148,8 @@ def development(seeds: tuple[int, ...], workdir: Path, empty: Path) -> dict[str,
 def _test_patients(project: Path) -> np.ndarray:
     import pandas as pd
 
-    manifest = sorted((project / "data" / "base" / "03_primary" / "oct_manifest.csv").glob("*/*.csv"))[-1]
+    manifests = project / "data" / "base" / "03_primary" / "oct_manifest.csv"
+    manifest = sorted(manifests.glob("*/*.csv"))[-1]
     frame = pd.read_csv(manifest, dtype={"patient_id": str})
     return frame[frame["split"] == "test"].sort_values("row")["patient_id"].to_numpy()
 

@@ -117,7 +117,9 @@ def test_two_concurrent_runs_each_score_with_their_own_model(tmp_path):
         logged = pd.read_csv(
             client.download_artifacts(rid, "evaluation/test_scores.csv", str(tmp_path / rid))
         )
-        test = np.load(project / f"data/tiny/05_model_input/test_images.npy/{kedro_run}/test_images.npy")
+        test = np.load(
+            project / f"data/tiny/05_model_input/test_images.npy/{kedro_run}/test_images.npy"
+        )
         own = AnomalyDetector(ckpt, "cpu").score(test)
         np.testing.assert_allclose(logged["reconstruction"], own["reconstruction"], rtol=1e-6)
         np.testing.assert_allclose(logged["kl"], own["kl"], rtol=1e-6)

@@ -76,7 +76,9 @@ def _api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
 @pytest.fixture(scope="module")
 def default_run(mlflow_ui) -> dict:
     """The project's experiment and its first run: the full `kedro run --env tiny`."""
-    experiment = _api(mlflow_ui, "experiments/get-by-name", experiment_name="oct-vae-tiny")["experiment"]
+    experiment = _api(
+        mlflow_ui, "experiments/get-by-name", experiment_name="oct-vae-tiny"
+    )["experiment"]
     search = {"experiment_ids": [experiment["experiment_id"]], "order_by": ["start_time ASC"]}
     runs = _api(mlflow_ui, "runs/search", search)["runs"]
     assert runs, "the experiment has no run"

@@ -48,7 +48,9 @@ def test_a_training_run_tags_its_version_and_names_the_first_champion(registered
     checkpoint = torch.load(
         _only("data/tiny/06_models/vae_model.pt/*/vae_model.pt", registered), weights_only=True
     )
-    manifest = pd.read_csv(_only("data/tiny/03_primary/oct_manifest.csv/*/oct_manifest.csv", registered))
+    manifest = pd.read_csv(
+        _only("data/tiny/03_primary/oct_manifest.csv/*/oct_manifest.csv", registered)
+    )
     assert version.tags == {
         registry.TAG_RUN: run.data.tags["run_id"],
         registry.TAG_ENV: "tiny",

@@ -88,7 +88,9 @@ def test_vae_model_loads_from_the_catalog_and_auc_table_is_complete(tiny_project
     assert ckpt["model_config"]["latent_dim"] == 300
     assert {"state_dict", "calibration", "latent_fit", "mean_normal"} <= set(ckpt)
 
-    table = pd.read_csv(_latest(tiny_project, "data/tiny/08_reporting/auc_table.csv/*/auc_table.csv"))
+    table = pd.read_csv(
+        _latest(tiny_project, "data/tiny/08_reporting/auc_table.csv/*/auc_table.csv")
+    )
     assert list(table.columns) == ["score", "CNV", "DME", "Drusen", "All"]
     rows = table["score"].tolist()
     assert rows[:5] == [
