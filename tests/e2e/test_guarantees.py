@@ -203,7 +203,7 @@ def test_interrupted_runs_end_killed_never_running(tiny_project, tmp_path):
 
 def test_mlflow_records_no_absolute_path_and_no_os_user(tiny_project, tmp_path):
     scans = tmp_path / "clinic_patient_4711"  # a folder name that must not reach MLflow
-    shutil.copytree(tiny_project.path / "data/tiny/01_raw/phantom_tiny/test/CNV", scans)
+    shutil.copytree(tiny_project.path / "data/tiny/01_raw/phantom/test/CNV", scans)
     run_session(tiny_project.path, pipeline_names=["score"],
                 runtime_params={"score": {"input_dir": str(scans)}})
     client = _client(tiny_project.path)

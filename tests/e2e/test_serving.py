@@ -64,7 +64,7 @@ def scan_folder(tiny_project, tmp_path_factory) -> Path:
     if KERMANY_SAMPLE.is_dir():
         picks = [sorted((KERMANY_SAMPLE / c).glob("*.jpeg"))[0] for c in ("CNV", "NORMAL")]
     else:
-        picks = sorted((tiny_project.path / "data/tiny/01_raw/phantom_tiny").rglob("*.jpeg"))[:2]
+        picks = sorted((tiny_project.path / "data/tiny/01_raw/phantom").rglob("*.jpeg"))[:2]
     (folder / "clinic").mkdir()
     for pick in picks:
         shutil.copy(pick, folder / "clinic" / pick.name)

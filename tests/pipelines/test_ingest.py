@@ -349,7 +349,8 @@ def test_kermany_environment_on_the_real_sample(
         tmp_path, env="kermany", runtime_params=runtime_params, conf_source=str(project / "conf")
     ) as session:
         session.run(pipeline_names=["ingest"])
-    (manifest_csv,) = (tmp_path / "data" / "03_primary").glob("oct_manifest.csv/*/oct_manifest.csv")
+    data = tmp_path / "data" / "kermany"  # the kermany environment's data root
+    (manifest_csv,) = (data / "03_primary").glob("oct_manifest.csv/*/oct_manifest.csv")
     manifest = pd.read_csv(manifest_csv, dtype={"patient_id": str}, keep_default_na=False)
     # paths relative to raw_dir: the folder (which may name a patient or a site) is not kept
     assert not manifest["path"].str.contains(kermany_sample_dir.as_posix(), regex=False).any()
@@ -357,7 +358,7 @@ def test_kermany_environment_on_the_real_sample(
     test = manifest[manifest["split"] == "test"]
     assert test["label"].value_counts().to_dict() == {"NORMAL": 2, "CNV": 2, "DME": 2, "DRUSEN": 2}
     assert manifest.groupby("patient_id")["split"].nunique().max() == 1
-    (train,) = (tmp_path / "data" / "05_model_input").glob("train_images.npy/*/train_images.npy")
+    (train,) = (data / "05_model_input").glob("train_images.npy/*/train_images.npy")
     assert np.load(train).shape == ((manifest["split"] == "train").sum(), 128, 128)
 
 
