@@ -13,7 +13,8 @@ export PATH := $(BIN):$(PATH)
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-fast lint bench rehearse screenshots clean tracking-server
+.PHONY: install run test test-fast lint bench rehearse screenshots clean tracking-server \
+	mlflow-ui
 
 install: $(STAMP)
 
@@ -55,6 +56,15 @@ bench: install
 REHEARSE_ARGS ?=
 rehearse: install
 	$(BIN)/python benchmarks/rehearse.py $(REHEARSE_ARGS)
+
+# The MLflow UI over an environment's tracking store (its conf/<env>/mlflow.yml), at
+# http://127.0.0.1:$(UI_PORT). kedro-mlflow starts `mlflow` from the PATH, which holds the
+# venv's bin here, so this works without activating the venv.
+KEDRO_ENV ?= base
+UI_PORT ?= 5000
+UI_HOST ?= 127.0.0.1
+mlflow-ui: install
+	$(BIN)/kedro mlflow ui --env "$(KEDRO_ENV)" --port "$(UI_PORT)" --host "$(UI_HOST)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -3,19 +3,23 @@
 Run from the repository root:
 
     .venv/bin/python benchmarks/bench_ingest.py                # decode speed, 2,000 scans
-    .venv/bin/python benchmarks/bench_ingest.py --full-scale   # + ingest of a Kermany-sized tree
+    .venv/bin/python benchmarks/bench_ingest.py --full-scale   # + ingest of an OCT2017-sized tree
+    .venv/bin/python benchmarks/bench_ingest.py --smoke --out /tmp/b   # seconds, ~340 files
 
 Part 1 writes ``--n`` Kermany-sized phantom JPEGs (3/4 512x496, 1/4 768x496) and times,
 in the same run, a naive decode (full-size decode, ``convert("L")``, Lanczos resize) against
 ``oct_vae.data.imaging.load_scan`` (DCT-scaled JPEG decode, then Lanczos) on one core, then
 ``oct_vae.data.imaging.decode_scans`` over 1..all cores. Part 2 (``--full-scale``) builds a
-folder shaped like OCT2017 (26,565 unique normal scans; 37,455 CNV, 11,598 DME and 8,866
-DRUSEN files, hard links to a few hundred distinct images) and runs the ingest pipeline on
-it in a child process, reporting its wall time and peak RSS. To keep the set-up short,
-``--bases`` distinct B-scans are rendered with ``oct_vae.data.phantom.scan_image`` and every file
-is a randomly shifted, brightness-jittered copy of one, re-encoded (so each file is unique).
+folder shaped exactly like OCT2017 (84,484 files at ``--scale 1``; ``benchmarks/oct2017_tree.py``,
+built once under ``--tree`` and reused) and runs the ingest pipeline on it in a child
+process with the project's parameters (``conf/base`` + ``--env``, default ``kermany``: the
+paper's 200/100/100/100 test set, ``ingest.protocol`` as configured or ``--protocol``),
+reporting its wall time and peak RSS. Below ``--scale 1`` the test set shrinks with the tree.
+To keep the set-up short, ``--bases`` distinct B-scans are rendered with
+``oct_vae.data.phantom.scan_image`` and every file is a randomly shifted, brightness-jittered
+copy of one, re-encoded (so each file is unique).
 
-Prints a table and writes JSON to ``benchmarks/out/``.
+Prints a table and writes JSON to ``--out`` (default ``benchmarks/out/``).
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oct_vae.data.imaging import decode_scans, load_scan, resolve_workers
-from oct_vae.data.kermany import CLASSES
-from oct_vae.data.phantom import PhantomConfig, scan_image
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
-# OCT2017 (Kermany et al. 2018): files per class, train + test.
-KERMANY_COUNTS = {"NORMAL": 26_565, "CNV": 37_455, "DME": 11_598, "DRUSEN": 8_866}
+from benchmarks.oct2017_tree import TreeSpec, build  # noqa: E402
+from oct_vae.data.imaging import decode_scans, load_scan, resolve_workers  # noqa: E402
+from oct_vae.data.phantom import PhantomConfig, scan_image  # noqa: E402
+
+OUT_DIR = ROOT / "benchmarks" / "out"
 
 
 def render_bases(n: int, label: str, workers: int) -> list[np.ndarray]:
@@ -150,35 +156,36 @@ def time_scaling(paths: list[str], max_workers: int) -> list[dict[str, float]]:
     return rows
 
 
-def build_kermany_tree(root: Path, bases: dict[str, list[np.ndarray]], workers: int) -> int:
-    """OCT2017/{train,test}/<CLASS>/: unique normals, diseased files hard-linked to a pool."""
-    rng = np.random.default_rng(0)
-    normals = []
-    patient = 1_000_000
-    while len(normals) < KERMANY_COUNTS["NORMAL"]:
-        patient += 1
-        for n in range(1, int(rng.integers(1, 13)) + 1):
-            split = "test" if len(normals) < 250 else "train"
-            normals.append(str(root / "OCT2017" / split / "NORMAL" / f"NORMAL-{patient}-{n}.jpeg"))
-    write_scans(normals[: KERMANY_COUNTS["NORMAL"]], bases["NORMAL"], workers)
-    for label in CLASSES[1:]:
-        pool_dir = root / "pool" / label
-        pool = [str(pool_dir / f"{i}.jpeg") for i in range(400)]
-        write_scans(pool, bases[label], workers)
-        folder = root / "OCT2017" / "train" / label
-        folder.mkdir(parents=True, exist_ok=True)
-        written = 0
-        while written < KERMANY_COUNTS[label]:
-            patient += 1
-            for n in range(1, int(rng.integers(1, 13)) + 1):
-                os.link(pool[written % len(pool)], folder / f"{label}-{patient}-{n}.jpeg")
-                written += 1
-    shutil.rmtree(root / "pool")  # the links keep the files
-    return sum(1 for _ in root.rglob("*.jpeg"))
+def ingest_params(env: str, scale: float, protocol: str | None) -> dict:
+    """Every ``params:`` input of the ingest pipeline, from the project's configuration
+    (``conf/base`` + ``env``), as ``kedro run --env <env>`` would pass them. Below scale 1
+    the paper's test set shrinks with the tree (at least 6 normals and 3 per disease)."""
+    from kedro.config import OmegaConfigLoader
+
+    from oct_vae.pipelines.ingest import create_pipeline
+    from oct_vae.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(str(ROOT / "conf"), env=env, **CONFIG_LOADER_ARGS)
+    parameters = loader["parameters"]
+    if protocol:
+        parameters["ingest"]["protocol"] = protocol
+    if scale < 1:
+        ingest = parameters["ingest"]
+        ingest["test_normals"] = max(6, round(ingest["test_normals"] * scale))
+        ingest["test_per_disease"] = max(3, round(ingest["test_per_disease"] * scale))
+    params = {}
+    for name in sorted(create_pipeline().inputs()):
+        if name.startswith("params:"):
+            value = parameters
+            for part in name[len("params:"):].split("."):
+                value = value[part]
+            params[name] = value
+    return params
 
 
-def run_ingest_child(raw_dir: str, out_dir: str) -> None:
-    """Run the ingest pipeline (paper sizes, all cores) and print timing and memory as JSON."""
+def run_ingest_child(raw_dir: str, out_dir: str, env: str, scale: str, protocol: str) -> None:
+    """Run the ingest pipeline with ``ingest_params`` and print timing and memory as JSON
+    (the parameters are read here, so that the parent never imports Kedro)."""
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
     from kedro_datasets.pandas import CSVDataset
@@ -199,18 +206,9 @@ def run_ingest_child(raw_dir: str, out_dir: str) -> None:
             },
         }
     )
-    params = {
-        "ingest.image_size": 128,
-        "ingest.val_fraction": 0.05,
-        "ingest.test_normals": 200,
-        "ingest.test_per_disease": 100,
-        "ingest.max_train_normals": None,
-        "ingest.max_image_pixels": 40_000_000,
-        "ingest.workers": 0,
-        "seed": 2024,
-    }
-    for key, value in params.items():
-        catalog[f"params:{key}"] = value
+    params = ingest_params(env, float(scale), protocol or None)
+    for name, value in params.items():
+        catalog[name] = value
     t0 = time.perf_counter()
     SequentialRunner().run(create_pipeline(), catalog)
     seconds = time.perf_counter() - t0
@@ -223,6 +221,7 @@ def run_ingest_child(raw_dir: str, out_dir: str) -> None:
         + json.dumps(
             {
                 "seconds": seconds,
+                "params": params,
                 "split_sizes": sizes,
                 "peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_rss_largest_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -232,41 +231,61 @@ def run_ingest_child(raw_dir: str, out_dir: str) -> None:
     )
 
 
-def full_scale(workdir: Path, n_bases: int, workers: int) -> dict:
-    root = workdir / "kermany_like"
-    if root.exists():
-        shutil.rmtree(root)
+def full_scale(workdir: Path, tree: Path | None, spec: TreeSpec, workers: int, env: str,
+               protocol: str | None) -> dict:
+    """Build (or reuse) the OCT2017-shaped tree and ingest it in a child process."""
+    root = tree or workdir / "oct2017"
     t0 = time.perf_counter()
-    bases = {label: render_bases(n_bases, label, workers) for label in CLASSES}
-    n_files = build_kermany_tree(root, bases, workers)
+    record = build(root, spec, workers)
     setup = time.perf_counter() - t0
     out = workdir / "ingest_out"
     out.mkdir(exist_ok=True)
     child = subprocess.run(
-        [sys.executable, __file__, "--ingest-child", str(root), str(out)],
+        [sys.executable, __file__, "--ingest-child", str(root / "OCT2017"), str(out), env,
+         str(spec.scale), protocol or ""],
         capture_output=True,
         text=True,
-        check=True,
     )
+    if child.returncode != 0:
+        raise RuntimeError(f"the ingest child failed:\n{child.stderr[-4000:]}")
     line = next(x for x in child.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line[len("RESULT ") :])
     n_decoded = sum(result["split_sizes"].values())
-    return {"n_files": n_files, "setup_seconds": setup, **result, "images_in_splits": n_decoded}
+    return {"n_files": record["n_files"], "tree": str(root), "tree_reused": record["reused"],
+            "setup_seconds": setup, **result,
+            "images_in_splits": n_decoded}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="scans for the decode benchmark")
     parser.add_argument("--bases", type=int, default=192, help="distinct rendered B-scans")
     parser.add_argument(
-        "--full-scale", action="store_true", help="also ingest a Kermany-sized tree"
+        "--full-scale", action="store_true", help="also ingest an OCT2017-shaped tree"
     )
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="the tree's size, a fraction of OCT2017's 84,484 files (0.004: ~340)")
+    parser.add_argument("--tree", type=Path, default=None,
+                        help="where the tree is built once and reused (default: in --workdir); "
+                             "~/oct2017-rehearsal reuses make rehearse's tree")
+    parser.add_argument("--tree-bases", type=int, default=240,
+                        help="rendered B-scans per class of the tree (240: rehearse.py's)")
+    parser.add_argument("--env", default="kermany", help="Kedro environment of the parameters")
+    parser.add_argument("--protocol", choices=("paper", "official"), default=None,
+                        help="ingest.protocol (default: the environment's)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a run of seconds: --n 40 --bases 4 --full-scale --scale 0.004 "
+                             "--tree-bases 4")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: tmp)")
-    parser.add_argument("--ingest-child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder of the JSON report")
+    parser.add_argument("--ingest-child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     if args.ingest_child:
         run_ingest_child(*args.ingest_child)
-        return
+        return {}
+    if args.smoke:
+        args.n, args.bases, args.full_scale = 40, 4, True
+        args.scale, args.tree_bases = 0.004, 4
 
     cores = resolve_workers(0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_ingest_"))
@@ -284,7 +303,9 @@ def main() -> None:
             "real_sample": time_real_sample(),
         }
         if args.full_scale:
-            report["full_scale"] = full_scale(workdir, args.bases, cores)
+            spec = TreeSpec(scale=args.scale, bases=args.tree_bases)
+            report["full_scale"] = full_scale(workdir, args.tree, spec, cores, args.env,
+                                              args.protocol)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -314,15 +335,16 @@ def main() -> None:
     if "full_scale" in report:
         fs = report["full_scale"]
         print(
-            f"  full scale: {fs['n_files']} files, ingest {fs['seconds']:.0f} s, splits "
+            f"  full scale: {fs['n_files']} files, ingest {fs['seconds']:.1f} s, splits "
             f"{fs['split_sizes']}, peak RSS main {fs['peak_rss_main_mb']:.0f} MB, "
             f"largest worker {fs['peak_rss_largest_worker_mb']:.0f} MB"
         )
-    OUT_DIR.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = OUT_DIR / f"ingest-{stamp}.json"
+    target = args.out / f"ingest-{stamp}.json"
     target.write_text(json.dumps(report, indent=2))
     print(f"  written to {target}")
+    return report
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ the baseline is measured in the same run, right before the candidate. Prints, an
 passed and failed, suite seconds) and the exit code. The clones are removed afterwards
 unless ``--keep``.
 
+``--command`` times another command instead (the test suite's smoke run times one small
+pytest file), and ``--parent`` puts the clones elsewhere.
+
 Usage:
     python benchmarks/bench_make_test.py [--baseline 6112ba8] [--candidate HEAD]
-        [--out benchmarks/out/make_test.json] [--keep]
+        [--out benchmarks/out/make_test.json] [--keep] [--command "make test"] [--parent DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,15 +40,17 @@ def rev(commit: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def time_make_test(commit: str, keep: bool) -> dict:
-    """Clone ``commit`` next to the repository and time ``make test`` there."""
-    clone = Path(tempfile.mkdtemp(prefix=f"bench-make-test-{commit}-", dir=ROOT.parent))
+def time_make_test(commit: str, keep: bool, command: str = "make test",
+                   parent: Path = ROOT.parent) -> dict:
+    """Clone ``commit`` into ``parent`` (default: next to the repository) and time
+    ``command`` (default ``make test``) there."""
+    clone = Path(tempfile.mkdtemp(prefix=f"bench-make-test-{commit}-", dir=parent))
     try:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
         subprocess.run(["git", "checkout", "--quiet", commit], cwd=clone, check=True)
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         start = time.perf_counter()
-        proc = subprocess.run(["make", "test"], cwd=clone, env=env, capture_output=True,
+        proc = subprocess.run(shlex.split(command), cwd=clone, env=env, capture_output=True,
                               text=True)
         seconds = time.perf_counter() - start
         log = proc.stdout + proc.stderr
@@ -66,13 +72,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--candidate", default="HEAD")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "make_test.json")
     p.add_argument("--keep", action="store_true", help="keep the clones and their logs")
+    p.add_argument("--command", default="make test", help="what to time in each clone")
+    p.add_argument("--parent", type=Path, default=ROOT.parent,
+                   help="folder of the clones (default: beside the repository, so that "
+                        "../shared resolves)")
     args = p.parse_args(argv)
     result = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
                           "python": sys.version.split()[0]},
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": []}
     for commit in (rev(args.baseline), rev(args.candidate)):
-        print(f"make test at {commit} ...", flush=True)
-        run = time_make_test(commit, args.keep)
+        print(f"{args.command} at {commit} ...", flush=True)
+        run = time_make_test(commit, args.keep, args.command, args.parent)
         result["runs"].append(run)
         print(json.dumps(run, indent=2), flush=True)
     base, cand = result["runs"]
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
-    print(f"make test: {base['commit']} {base['make_test_s']} s ({base['pytest_summary']}); "
+    print(f"{args.command}: {base['commit']} {base['make_test_s']} s ({base['pytest_summary']}); "
           f"{cand['commit']} {cand['make_test_s']} s ({cand['pytest_summary']})")
     return result
 

@@ -4,7 +4,8 @@ Run from the repository root (a few minutes on 2 cores; the phantom is generated
 and cached under ``benchmarks/out/score/``, which git ignores):
 
     .venv/bin/python benchmarks/bench_score.py
-    .venv/bin/python benchmarks/bench_score.py --quick      # small folders, a smoke run
+    .venv/bin/python benchmarks/bench_score.py --quick      # small folders, a short run
+    .venv/bin/python benchmarks/bench_score.py --smoke --out /tmp/s   # ~150 scans, seconds
 
 The model is an untrained VAE of the base configuration (``train.width``, ``latent_dim``
 of ``conf/base/parameters_train.yml``), calibrated on 256 phantom normals like the train
@@ -22,7 +23,8 @@ shares them out). The old implementation (``score_scans`` and ``score_decoded`` 
 loaded from git: whole folder decoded into memory, one scan scored at a time, a figure
 built per heatmap) is measured on a smaller folder in the same run.
 
-Prints a table and writes JSON to ``benchmarks/out/score/``.
+Prints a table and writes JSON to ``--out`` (default ``benchmarks/out/score/``, where the
+phantom and the model are cached too).
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ MODEL_PATH = OUT_DIR / "model.pt"
 OLD_COMMIT = "36293d5"
 # About 10,000 scans: 2,000 patients of 2-8 scans.
 PHANTOM = {"n_normal_patients": 1400, "n_patients_per_disease": 200, "seed": 11}
+# --smoke: about 150 scans.
+SMOKE_PHANTOM = {"n_normal_patients": 30, "n_patients_per_disease": 3, "seed": 11}
+
+
+def use_out(out: Path) -> None:
+    """Put the phantom, the model and the JSON results under ``out``."""
+    global OUT_DIR, PHANTOM_DIR, MODEL_PATH
+    OUT_DIR, PHANTOM_DIR, MODEL_PATH = out, out / "phantom", out / "model.pt"
 
 
 def cpu_seconds() -> float:
@@ -77,11 +87,11 @@ def machine() -> str:
 # ------------------------------------------------------------------ set-up (parent)
 
 
-def make_phantom(workers: int) -> dict:
+def make_phantom(workers: int, config: dict) -> dict:
     from oct_vae.data.phantom import PhantomConfig, generate_phantom
 
     start = time.perf_counter()
-    summary = generate_phantom(PHANTOM_DIR, PhantomConfig(**PHANTOM), workers=workers)
+    summary = generate_phantom(PHANTOM_DIR, PhantomConfig(**config), workers=workers)
     return {
         "n_files": summary["n_files"],
         "reused": summary["reused"],
@@ -104,14 +114,15 @@ def make_model() -> None:
     train = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]
     normals = sorted(str(p) for p in (PHANTOM_DIR / "train" / "NORMAL").rglob("*.jpeg"))[:256]
     pixels, _ = decode_scans(normals, 128, progress=False)
+    cut = len(pixels) * 3 // 4  # 192 of 256 (fewer in a --smoke phantom)
     torch.manual_seed(0)
     config = VAEConfig(image_size=128, width=train["width"], latent_dim=train["latent_dim"])
-    meta = {"data_fingerprint": data_fingerprint(pixels[:192], pixels[192:]), "image_size": 128}
+    meta = {"data_fingerprint": data_fingerprint(pixels[:cut], pixels[cut:]), "image_size": 128}
     ckpt = make_checkpoint(VAE(config), config, TrainConfig(seed=0, device="cpu"), meta)
     calibrated = calibrate_model(
         ckpt,
-        pixels[:192],
-        pixels[192:],
+        pixels[:cut],
+        pixels[cut:],
         train["scoring"],
         0,
         "cpu",
@@ -154,6 +165,23 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
+# OLD_COMMIT's imports, as the package is laid out now (the same functions, moved).
+OLD_IMPORTS = {
+    "from oct_vae import imaging, lineage, plots, serving":
+        "from oct_vae import serving\nfrom oct_vae.data import imaging, lineage\n"
+        "from oct_vae.evaluation import plots",
+    "from oct_vae.datasets.scan_folder_dataset import list_files":
+        "from oct_vae.datasets.scan_folder_dataset import list_files as _list_files\n"
+        "list_files = lambda root: _list_files(root, 'scans')  # noqa: E731",
+    "from oct_vae.detector import": "from oct_vae.vae.detector import",
+    "from oct_vae.scores import": "from oct_vae.vae.scores import",
+    "from oct_vae.imaging import": "from oct_vae.data.imaging import",
+    "from oct_vae.vae.scores import PAPER_SCORES": "from oct_vae.vae.config import PAPER_SCORES",
+    "from oct_vae.training import resolve_device":
+        "from oct_vae.training.device import resolve_device",
+}
+
+
 def old_node():
     """OLD_COMMIT's score_scans, with its serving.score_decoded (one scan at a time)."""
 
@@ -165,18 +193,15 @@ def old_node():
             text=True,
             check=True,
         ).stdout
-        # resolve_device has moved since; the same function.
-        source = source.replace(
-            "from oct_vae.training.trainer import resolve_device",
-            "from oct_vae.training.device import resolve_device",
-        )
+        for old, new in OLD_IMPORTS.items():
+            source = source.replace(old, new)
         module = types.ModuleType(name)
         module.__dict__["__name__"] = name
         sys.modules[name] = module
         exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - the project's own code
         return module
 
-    old_serving = load("src/oct_vae/serving/scoring.py", "old_serving")
+    old_serving = load("src/oct_vae/serving.py", "old_serving")
     old_nodes = load("src/oct_vae/pipelines/score/nodes.py", "old_score_nodes")
     old_nodes.serving = old_serving
     return old_nodes.score_scans
@@ -188,6 +213,7 @@ def child(spec: dict) -> dict:
 
     from oct_vae.pipelines.score.nodes import find_scans, score_scans
 
+    use_out(Path(spec.pop("out")))
     sampler = MemorySampler()
     sampler.start()
     vae_model = torch.load(MODEL_PATH, weights_only=False)
@@ -238,7 +264,7 @@ def measure(spec: dict) -> dict:
     """Run ``child(spec)`` in a fresh process (its own peak RSS); returns its result."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
+        [sys.executable, __file__, "--child", json.dumps({**spec, "out": str(OUT_DIR)})],
         env=env,
         capture_output=True,
         text=True,
@@ -261,18 +287,23 @@ def measure(spec: dict) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="small folders (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="small folders (a short run)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a ~150-scan phantom, two measurements (new and old): seconds")
     parser.add_argument("--workers", type=int, default=0, help="ingest.workers (0: all cores)")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT_DIR,
+                        help="folder of the phantom, the model and the results")
+    args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
-        return
+        return {}
 
+    use_out(args.out)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    phantom = make_phantom(cores())
+    phantom = make_phantom(cores(), SMOKE_PHANTOM if args.smoke else PHANTOM)
     print(
         f"phantom: {phantom['n_files']} files ({'reused' if phantom['reused'] else 'made'}, "
         f"{phantom['seconds']:.0f} s)",
@@ -281,7 +312,9 @@ def main() -> None:
     if not MODEL_PATH.exists():
         make_model()
     n_all = phantom["n_files"]
-    if args.quick:
+    if args.smoke:
+        plan = [("new", True, 6), ("old", False, 2)]
+    elif args.quick:
         plan = [
             ("new", False, 200),
             ("new", False, 600),
@@ -309,13 +342,14 @@ def main() -> None:
         "machine": machine(),
         "cores": cores(),
         "load_average_1min": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],
-        "phantom": {**PHANTOM, "n_files": n_all},
+        "phantom": {**(SMOKE_PHANTOM if args.smoke else PHANTOM), "n_files": n_all},
         "model": "untrained VAE of conf/base (width 8, latent 300), calibrated on 256 phantom "
         "normals; 10 posterior samples (conf/base evaluate)",
         "results": results,
     }
     (OUT_DIR / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"{summary['machine']}, {summary['cores']} cores, {summary['date']}")
+    return summary
 
 
 if __name__ == "__main__":

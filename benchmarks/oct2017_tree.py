@@ -16,16 +16,23 @@ brightness moved by up to 6 grey levels and a +-1 grey-level dither added, then 
 JPEG at the phantom's quality (75): every file is distinct, decodes to a distinct image and
 has its class's look. The tree is written once and reused: ``oct2017.json`` beside it
 records what was built, and a folder holding another build is refused.
+
+Used by ``benchmarks/rehearse.py`` and ``benchmarks/bench_ingest.py``; on its own:
+
+    .venv/bin/python benchmarks/oct2017_tree.py ~/oct2017-rehearsal          # the full tree
+    .venv/bin/python benchmarks/oct2017_tree.py /tmp/t --scale 0.004 --bases 4   # ~340 files
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import io
 import json
 import os
 import pickle
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -34,8 +41,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oct_vae.data.kermany import CLASSES
-from oct_vae.data.phantom import PhantomConfig, scan_image
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:  # run as a script without PYTHONPATH=src
+    sys.path.append(str(ROOT / "src"))
+
+from oct_vae.data.kermany import CLASSES  # noqa: E402
+from oct_vae.data.phantom import PhantomConfig, scan_image  # noqa: E402
 
 # OCT2017 (Kermany, Zhang, Goldbaum 2018, Mendeley Data v3): files per class and folder.
 OCT2017_COUNTS = {
@@ -174,3 +185,27 @@ def _write_chunk(task: tuple) -> int:
         path.write_bytes(buf.getvalue())
         n_bytes += buf.tell()
     return n_bytes
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("root", type=Path, help="folder of the tree (made; reused if complete)")
+    p.add_argument("--scale", type=float, default=TreeSpec.scale,
+                   help="fraction of OCT2017's counts (1: 84,484 files; 0.004: ~340)")
+    p.add_argument("--bases", type=int, default=TreeSpec.bases,
+                   help="rendered B-scans per class")
+    p.add_argument("--seed", type=int, default=TreeSpec.seed)
+    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    args = p.parse_args(argv)
+    spec = TreeSpec(scale=args.scale, bases=args.bases, seed=args.seed)
+    try:
+        record = build(args.root, spec, args.workers)
+    except ValueError as err:
+        p.exit(2, f"error: {err}\n")
+    state = "reused" if record["reused"] else f"built in {record['seconds']} s"
+    print(f"{record['n_files']} files, {record['bytes'] / 2**20:.1f} MiB, {state}: {args.root}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
