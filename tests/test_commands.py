@@ -3,18 +3,17 @@
 venv activated (as the README's set-up says), or is run by another test.
 
 Each command that tests/helpers/doc_commands.py extracts is either in RUN_HERE (run here, in
-a fresh ``bash -lc`` in a scratch copy of the project; a server is started, probed over
-HTTP and stopped) or in COVERED_ELSEWHERE (command -> the test that runs it, or the same
-code path with the small tree / tiny configuration). A new command in the docs that is in
+a fresh ``bash -lc`` in a scratch copy of the project) or in COVERED_ELSEWHERE (command ->
+the test that runs it: servers such as ``make mlflow-ui`` are started as written, probed
+over HTTP and stopped by the e2e tests; long runs use the small tree or the tiny
+configuration). A new command in the docs that is in
 neither fails ``test_every_documented_command_is_run_or_covered``, naming it.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,7 @@ import pytest
 from tests.helpers.doc_commands import all_commands
 from tests.helpers.project import (
     ROOT,
-    ServerError,
-    copy_project,
-    free_port,
-    stop_process_group,
-    wait_for_http,
+    make_ready,
 )
 
 E2E = "tests/e2e"
@@ -40,11 +35,9 @@ RUN_HERE = {
     "export MLFLOW_TRACKING_URI=http://<server>:5000",
     "export MLFLOW_TRACKING_URI=sqlite:///mlflow.db",
     'export PATH="$PWD/.venv/bin:$PATH"',
+    "mkdir -p data/base && mv data/0[1-8]_* data/base/",
     "mkdir conf/kermany_team && cp conf/kermany/* conf/team/mlflow.yml conf/kermany_team/",
 }
-# Servers run here as written: started, probed over HTTP, stopped (command -> probe path,
-# the environment variable that moves its port).
-SERVERS_HERE = {"make mlflow-ui": ("/health", "UI_PORT")}
 
 _TINY = f"{E2E}/test_tiny_run.py"
 _SERVING = f"{E2E}/test_serving.py"
@@ -57,6 +50,8 @@ COVERED_ELSEWHERE = {
     "kedro run": f"{_TINY}::test_mlflow_run_has_params_loss_history_metrics_and_model",
     "kedro run --env tiny": f"{_TINY}::test_mlflow_run_has_params_loss_history_metrics_and_model",
     "python -m oct_vae": f"{_TINY}::test_mlflow_run_has_params_loss_history_metrics_and_model",
+    "kedro run --env tiny --pipeline evaluate":
+        f"{E2E}/test_environments.py::test_a_kermany_ingest_between_tiny_runs_leaves_the_tiny_outputs_alone",
     "kedro run --pipeline evaluate": f"{_TINY}::test_evaluate_reruns_on_its_own_with_the_latest_model",
     "kedro run --pipeline ingest": f"{E2E}/test_guarantees.py::test_an_ingest_killed_mid_save_is_refused_by_evaluate",
     "kedro run --pipeline train": f"{E2E}/test_torchrun.py::test_torchrun_job_saves_once_logs_once_and_matches_one_process",
@@ -117,10 +112,12 @@ COVERED_ELSEWHERE = {
     "-d @request.json": f"{_SERVING}::test_model_server_scores_a_scan_and_reports_bad_rows",
     # the UIs (kedro viz and the MLflow UI probed over HTTP; the notebook run headless)
     "kedro viz run": f"{E2E}/test_viz.py::test_viz_shows_every_pipeline_node_layer_and_tag",
+    "kedro viz run --env kermany": f"{E2E}/test_viz.py::test_viz_shows_every_pipeline_node_layer_and_tag",
     "kedro viz run --no-browser --env tiny --port 4141":
         f"{E2E}/test_viz.py::test_viz_shows_every_pipeline_node_layer_and_tag",
     "kedro viz build --include-previews": f"{E2E}/test_viz.py::test_viz_previews_the_auc_table_and_the_figures",
     "python -m http.server -d build 4142": f"{E2E}/test_viz.py::test_viz_previews_the_auc_table_and_the_figures",
+    "make mlflow-ui": f"{E2E}/test_mlflow_ui.py::test_the_ui_serves_the_project_experiment_and_its_run",
     "kedro mlflow ui": f"{E2E}/test_mlflow_ui.py::test_the_ui_serves_the_project_experiment_and_its_run",
     "kedro mlflow ui --env tiny --port 5001":
         f"{E2E}/test_mlflow_ui.py::test_the_ui_serves_the_project_experiment_and_its_run",
@@ -142,7 +139,7 @@ COVERED_ELSEWHERE = {
 
 
 def test_every_documented_command_is_run_or_covered():
-    known = RUN_HERE | set(SERVERS_HERE) | set(COVERED_ELSEWHERE)
+    known = RUN_HERE | set(COVERED_ELSEWHERE)
     missing = [f"{c.source}: {cmd!r}" for cmd, c in COMMANDS.items() if cmd not in known]
     assert not missing, (
         "commands in the docs that no test runs (run them in tests/test_commands.py or map "
@@ -162,17 +159,12 @@ def test_the_tests_that_cover_commands_exist():
 
 
 def _project(dest: Path) -> Path:
-    """A scratch copy of the project as a fresh clone has it after `make install`: conf,
-    the Makefile, and the venv (a link to this one)."""
-    copy_project(dest)
-    shutil.copy(ROOT / "Makefile", dest / "Makefile")
-    (dest / ".venv").symlink_to(Path(sys.executable).resolve().parents[1]
-                                if not (ROOT / ".venv").exists() else (ROOT / ".venv").resolve())
-    stamp = dest / ".venv" / ".install-stamp"
-    if stamp.exists():  # `make install` is done: pyproject.toml is not newer than the stamp
-        t = stamp.stat().st_mtime - 60
-        os.utime(dest / "pyproject.toml", (t, t))
-    return dest
+    """A scratch copy of the project as a fresh clone has it after `make install`."""
+    return make_ready(dest)
+
+
+_OLD_LAYERS = ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models",
+               "07_model_output", "08_reporting")
 
 
 def _shell(command: str) -> list[str]:
@@ -190,27 +182,16 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("command", sorted(RUN_HERE))
 def test_command_runs_as_written(command, tmp_path):
     project = _project(tmp_path / "project")
+    for layer in _OLD_LAYERS:  # a checkout from before the per-environment data roots
+        (project / "data" / layer).mkdir(parents=True)
+    (project / "data/08_reporting/auc_table.csv/v1").mkdir(parents=True)
+    (project / "data/08_reporting/auc_table.csv/v1/auc_table.csv").write_text("score,All\n")
     done = subprocess.run(_shell(command), cwd=project, env=_env(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, f"{command!r}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    if command.startswith("mkdir -p data/base"):  # the migration note of docs/environments.md
+        assert sorted(p.name for p in (project / "data").iterdir()) == ["base"]
+        assert (project / "data/base/08_reporting/auc_table.csv/v1/auc_table.csv").is_file()
     if command.startswith("mkdir conf/kermany_team"):
         assert {p.name for p in (project / "conf" / "kermany_team").iterdir()} >= {
             "mlflow.yml", "parameters_train.yml"}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("command", sorted(SERVERS_HERE))
-def test_server_command_answers_over_http(command, tmp_path):
-    path, port_var = SERVERS_HERE[command]
-    project = _project(tmp_path / "project")
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(_shell(command), cwd=project, env=_env(**{port_var: str(port)}),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_http(proc, f"http://127.0.0.1:{port}{path}", log, command, timeout_s=120)
-    except ServerError as err:
-        pytest.fail(str(err))
-    finally:
-        stop_process_group(proc)

@@ -8,15 +8,13 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.e2e.conftest import wait_for_http
-from tests.helpers.project import free_port, stop_process_group
+from tests.helpers.project import ROOT, free_port, make_ready, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -28,36 +26,23 @@ FIGURES = ["reconstruction_grid.png", "roc_curves.png", "score_distributions.png
 
 @pytest.fixture(scope="module")
 def mlflow_ui(tiny_project, tmp_path_factory) -> Iterator[str]:
-    """``mlflow server`` (what ``kedro mlflow ui`` starts, with one worker instead of four)
-    on the tiny project's SQLite store, bound to 127.0.0.1; yields its base URL."""
+    """The README's command, as written: ``make mlflow-ui`` (``kedro mlflow ui`` with the
+    venv's ``bin/`` on PATH) in the tiny project, with ``KEDRO_ENV=tiny`` and a free
+    ``UI_PORT``, bound to 127.0.0.1; yields its base URL."""
+    project = make_ready(tiny_project.path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    workdir = tmp_path_factory.mktemp("mlflow_ui")
-    log = workdir / "server.log"
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        tiny_project.tracking_uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-    }
+    log = tmp_path_factory.mktemp("mlflow_ui") / "server.log"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI") and not k.startswith("PYTEST_")}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", KEDRO_DISABLE_TELEMETRY="true",
+               PYTHONPATH=str(ROOT / "src"))
+    cmd = ["make", "mlflow-ui", "KEDRO_ENV=tiny", f"UI_PORT={port}"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        wait_for_http(proc, f"{url}/health", log, "mlflow server", SERVER_START_S)
+        wait_for_http(proc, f"{url}/health", log, "make mlflow-ui", SERVER_START_S)
         yield url
     finally:
         stop_process_group(proc)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,22 @@ def copy_project(dest: Path) -> Path:
                     dirs_exist_ok=True)
     for folder in ("conf/local", "src", "data"):
         (dest / folder).mkdir(exist_ok=True)
+    return dest
+
+
+def make_ready(dest: Path) -> Path:
+    """``copy_project`` plus what a fresh clone has after ``make install``: the Makefile and
+    the venv (a link to this one, its install stamp newer than pyproject.toml), so that
+    ``make <target>`` runs in ``dest`` as written, without installing again."""
+    copy_project(dest)
+    shutil.copy(ROOT / "Makefile", dest / "Makefile")
+    venv = (ROOT / ".venv") if (ROOT / ".venv").exists() else Path(sys.executable).parents[1]
+    if not (dest / ".venv").exists():
+        (dest / ".venv").symlink_to(venv.resolve())
+    stamp = dest / ".venv" / ".install-stamp"
+    if stamp.exists():
+        t = stamp.stat().st_mtime - 60
+        os.utime(dest / "pyproject.toml", (t, t))
     return dest
 
 
