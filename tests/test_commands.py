@@ -34,6 +34,7 @@ SUBSTITUTIONS = {"<server>": "127.0.0.1"}
 RUN_HERE = {
     "export MLFLOW_TRACKING_URI=http://<server>:5000",
     "export MLFLOW_TRACKING_URI=sqlite:///mlflow.db",
+    "export MLFLOW_TRACKING_URI=sqlite:///mlflow-kermany.db",
     'export PATH="$PWD/.venv/bin:$PATH"',
     "mkdir -p data/base && mv data/0[1-8]_* data/base/",
     "mkdir conf/kermany_team && cp conf/kermany/* conf/team/mlflow.yml conf/kermany_team/",
@@ -62,6 +63,7 @@ COVERED_ELSEWHERE = {
     "python -c \"import mlflow; mlflow.MlflowClient().set_registered_model_alias('oct_vae_scorer', 'champion', 3)\"":
         f"{_REG}::test_promote_moves_the_champion_to_the_best_version_once",
     # the real data: the kermany environment on an OCT2017-shaped small tree, both protocols
+    "make rehearse": "tests/test_rehearse.py::test_the_rehearsal_runs_both_protocols_end_to_end",
     "kedro run --env kermany": "tests/test_rehearse.py::test_the_rehearsal_runs_both_protocols_end_to_end",
     "kedro run --env kermany --params raw_dir=/path/to/OCT2017":
         "tests/test_rehearse.py::test_the_rehearsal_runs_both_protocols_end_to_end",
@@ -118,6 +120,7 @@ COVERED_ELSEWHERE = {
     "kedro viz build --include-previews": f"{E2E}/test_viz.py::test_viz_previews_the_auc_table_and_the_figures",
     "python -m http.server -d build 4142": f"{E2E}/test_viz.py::test_viz_previews_the_auc_table_and_the_figures",
     "make mlflow-ui": f"{E2E}/test_mlflow_ui.py::test_the_ui_serves_the_project_experiment_and_its_run",
+    "make mlflow-ui KEDRO_ENV=kermany": f"{E2E}/test_mlflow_ui.py::test_the_ui_serves_the_project_experiment_and_its_run",
     "kedro mlflow ui": f"{E2E}/test_mlflow_ui.py::test_the_ui_serves_the_project_experiment_and_its_run",
     "kedro mlflow ui --env tiny --port 5001":
         f"{E2E}/test_mlflow_ui.py::test_the_ui_serves_the_project_experiment_and_its_run",
