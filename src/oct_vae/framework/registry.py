@@ -196,30 +196,30 @@ def _name(version: int | None) -> str:
 
 
 # ----------------------------------------------------------------- MLflow client side
-def current_champion(client: Any, name: str = MODEL_NAME) -> int | None:
-    """The version that holds the alias, or ``None`` (no alias, or no registered model)."""
+def _champion_version(client: Any, name: str) -> Any | None:
+    """The model version that holds the alias, or ``None`` (no alias, or no registered
+    model)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return int(client.get_model_version_by_alias(name, ALIAS).version)
+        return client.get_model_version_by_alias(name, ALIAS)
     except MlflowException as exc:  # no such model, or no such alias
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def current_champion(client: Any, name: str = MODEL_NAME) -> int | None:
+    """The version that holds the alias, or ``None`` (no alias, or no registered model)."""
+    version = _champion_version(client, name)
+    return None if version is None else int(version.version)
 
 
 def champion_env(client: Any, name: str = MODEL_NAME) -> str | None:
     """The ``kedro_env`` of the version holding the alias (``base`` when the version has
     no such tag), or ``None`` when there is no champion."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(name, ALIAS)
-    except MlflowException as exc:  # no such model, or no such alias
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    return (version.tags or {}).get(TAG_ENV) or DEFAULT_ENV
+    version = _champion_version(client, name)
+    return None if version is None else (version.tags or {}).get(TAG_ENV) or DEFAULT_ENV
 
 
 def list_candidates(client: Any, name: str = MODEL_NAME) -> list[Candidate]:
