@@ -12,7 +12,6 @@ neither fails ``test_every_documented_command_is_run_or_covered``, naming it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.helpers.doc_commands import all_commands
 from tests.helpers.project import (
     ROOT,
     make_ready,
+    shell_env,
 )
 
 E2E = "tests/e2e"
@@ -176,12 +176,6 @@ def _shell(command: str) -> list[str]:
     return ["bash", "-lc", f"source .venv/bin/activate && {command}"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI") and not k.startswith("PYTEST_")}
-    return {**env, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT / "src"), **extra}
-
-
 @pytest.mark.parametrize("command", sorted(RUN_HERE))
 def test_command_runs_as_written(command, tmp_path):
     project = _project(tmp_path / "project")
@@ -189,7 +183,7 @@ def test_command_runs_as_written(command, tmp_path):
         (project / "data" / layer).mkdir(parents=True)
     (project / "data/08_reporting/auc_table.csv/v1").mkdir(parents=True)
     (project / "data/08_reporting/auc_table.csv/v1/auc_table.csv").write_text("score,All\n")
-    done = subprocess.run(_shell(command), cwd=project, env=_env(), capture_output=True,
+    done = subprocess.run(_shell(command), cwd=project, env=shell_env(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, f"{command!r}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     if command.startswith("mkdir -p data/base"):  # the migration note of docs/environments.md

@@ -6,7 +6,6 @@ the run page in a browser)."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import wait_for_http
-from tests.helpers.project import ROOT, free_port, make_ready, stop_process_group
+from tests.helpers.project import free_port, make_ready, shell_env, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +32,7 @@ def mlflow_ui(tiny_project, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("mlflow_ui") / "server.log"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI") and not k.startswith("PYTEST_")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", KEDRO_DISABLE_TELEMETRY="true",
-               PYTHONPATH=str(ROOT / "src"))
+    env = shell_env(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
     cmd = ["make", "mlflow-ui", "KEDRO_ENV=tiny", f"UI_PORT={port}"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,

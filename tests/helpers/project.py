@@ -63,6 +63,15 @@ def make_ready(dest: Path) -> Path:
     return dest
 
 
+def shell_env(**extra: str) -> dict[str, str]:
+    """The environment of a fresh shell for a command run as a user would: this one without
+    an active venv, an MLflow store or pytest's variables, telemetry off, the package of
+    this checkout first on the path; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI") and not k.startswith("PYTEST_")}
+    return {**env, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT / "src"), **extra}
+
+
 def free_port() -> int:
     """A free local port below 49152 (kedro-viz refuses higher ones, which the OS may pick)."""
     for _ in range(100):
